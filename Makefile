@@ -1,0 +1,47 @@
+# The README's two commands: `make run` and `make test`. Both create the virtual environment if missing.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Leave empty to take torch==2.13.0 from the default index; set to a PyTorch wheel index for a specific build,
+# e.g. make venv TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_INDEX ?=
+CORES ?= all
+SNAKEMAKE_ARGS ?=
+
+.PHONY: venv venv-dev run test lint format clean-results
+
+venv: $(VENV)/.runtime-installed
+venv-dev: $(VENV)/.dev-installed
+
+$(VENV)/.runtime-installed: requirements.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+run: venv
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+	@echo "Results are in $(CURDIR)/results (report: results/report.html)"
+
+test: venv-dev
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv-dev
+	$(BIN)/ruff check src scripts tests
+	$(BIN)/ruff format --check src scripts tests
+	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/snakemake --lint --workflow-profile none
+
+format: venv-dev
+	$(BIN)/ruff format src scripts tests
+	$(BIN)/ruff check --fix src scripts tests
+	$(BIN)/snakefmt Snakefile rules
+
+clean-results:
+	rm -rf results logs benchmarks .snakemake

@@ -1,0 +1,25 @@
+rule directions:
+    input:
+        model=get_base_model(),
+        harmful=prompt_file("harmful", "train"),
+        harmless=prompt_file("harmless", "train"),
+    output:
+        "results/{variant}/directions.pt",
+    log:
+        "logs/directions/{variant}.log",
+    benchmark:
+        "benchmarks/directions/{variant}.tsv"
+    conda:
+        "../envs/bruno.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1,
+    params:
+        model_path=MODEL_PATH,
+        model=config["model"],
+        directions=variant_section("directions"),
+        seed=config["seed"],
+    script:
+        "../scripts/directions.py"

@@ -1,0 +1,24 @@
+"""Snakemake script for rule `abliterate`."""
+
+from bruno.runtime import run_job
+
+
+def main(snakemake, log):
+    from bruno.config import settings_from_dict
+    from bruno.jobs.abliterate import run
+    from bruno.model import ModelSettings
+
+    abliteration = snakemake.params.abliteration
+    run(
+        model_path=snakemake.params.model_path,
+        model_settings=settings_from_dict(ModelSettings, snakemake.params.model, "model"),
+        directions_path=snakemake.input.directions,
+        best_trial_path=snakemake.input.best,
+        components=abliteration["components"],
+        norm_preservation=abliteration["norm_preservation"],
+        out_dir=snakemake.output.model,
+        edit_path=snakemake.output.edit,
+    )
+
+
+run_job(snakemake, main, seed_key=None)

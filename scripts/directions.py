@@ -1,0 +1,21 @@
+"""Snakemake script for rule `directions`."""
+
+from bruno.runtime import run_job
+
+
+def main(snakemake, log):
+    from bruno.config import settings_from_dict
+    from bruno.jobs.directions import run
+    from bruno.model import ModelSettings
+
+    run(
+        model_path=snakemake.params.model_path,
+        model_settings=settings_from_dict(ModelSettings, snakemake.params.model, "model"),
+        harmful_path=snakemake.input.harmful,
+        harmless_path=snakemake.input.harmless,
+        settings=snakemake.params.directions,
+        out_path=snakemake.output[0],
+    )
+
+
+run_job(snakemake, main)

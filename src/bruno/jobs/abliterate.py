@@ -1,0 +1,59 @@
+"""Stage `abliterate`: bake the chosen trial into the weights and save a normal HF model directory, atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from bruno.ablation import bake
+from bruno.directions import load_directions
+from bruno.io import atomic_directory, atomic_write_json, directory_hashes, sha256_bytes
+from bruno.model import ModelSettings, load_model
+from bruno.plan import AblationParams, EditTargets, build_edits
+
+log = logging.getLogger(__name__)
+
+
+def module_names(model: Any, targets: EditTargets, keys: list[tuple[str, int]]) -> list[str]:
+    names = {id(m): n for n, m in model.named_modules()}
+    return [names[id(targets.modules[k])] + ".weight" for k in keys]
+
+
+def run(
+    model_path: str,
+    model_settings: ModelSettings,
+    directions_path: str | Path,
+    best_trial_path: str | Path,
+    components: list[str],
+    norm_preservation: str,
+    out_dir: str | Path,
+    edit_path: str | Path,
+) -> dict[str, Any]:
+    best = json.loads(Path(best_trial_path).read_text(encoding="utf-8"))
+    params = AblationParams.from_dict(best["resolved"])
+    model, tokenizer = load_model(model_path, model_settings)
+    directions = load_directions(directions_path)["directions"]
+    targets = EditTargets(model, components)
+    edits = build_edits(targets, directions, params, norm_preservation)
+    bake(targets.modules, edits)
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        hashes = directory_hashes(tmp)
+    record = {
+        "variant": best["variant"],
+        "trial_number": best["trial_number"],
+        "source_model": model_path,
+        "components": components,
+        "norm_preservation": norm_preservation,
+        "params": params.to_dict(),
+        "layer_weights": params.layer_weights(targets.n_layers),
+        "edited_matrices": module_names(model, targets, sorted(edits)),
+        "directions_sha256": sha256_bytes(directions.numpy().tobytes()),
+        "weights_sha256": hashes,
+    }
+    atomic_write_json(edit_path, record)
+    log.info("baked %d matrix edits into %s", len(edits), out_dir)
+    return record

@@ -1,0 +1,158 @@
+"""Stage `optimize`: the resumable Optuna search; writes a consistent snapshot of the study when it ends."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from bruno.errors import BrunoError
+from bruno.io import sha256_bytes, sha256_texts
+from bruno.model import ModelSettings, load_model
+from bruno.prompts import read_prompts
+from bruno.search import (
+    SearchSettings,
+    SearchSpace,
+    TrialFailed,
+    count,
+    open_study,
+    run_study,
+    sample,
+    snapshot,
+)
+from bruno.trial import TrialEvaluator
+
+log = logging.getLogger(__name__)
+OBJECTIVES = ["kl_divergence", "refusal_rate"]
+
+
+def _summary(values: dict[str, Any]) -> str:
+    parts = []
+    if "direction_scope" in values:
+        parts.append(values["direction_scope"])
+    if "direction_index" in values:
+        parts.append(f"idx {values['direction_index']:.2f}")
+    for key, value in values.items():
+        if key.endswith(".max_weight"):
+            component = key.rsplit(".", 1)[0]
+            short = component.split(".")[-1]
+            parts.append(
+                f"{short} w{value:.2f}@{values[component + '.max_weight_position']:.1f}"
+                f" min{values[component + '.min_weight']:.2f} d{values[component + '.min_weight_distance']:.1f}"
+            )
+    return " | ".join(parts)
+
+
+def run(
+    model_path: str,
+    model_settings: ModelSettings,
+    directions_path: str | Path,
+    harmful_val_path: str | Path,
+    harmless_val_path: str | Path,
+    settings: SearchSettings,
+    components: list[str],
+    norm_preservation: str,
+    refusal_markers: list[str],
+    seed: int,
+    work_db: str | Path,
+    out_db: str | Path,
+) -> dict[str, Any]:
+    from bruno.directions import load_directions
+    from bruno.refusal import MarkerDetector
+
+    model, tokenizer = load_model(model_path, model_settings)
+    payload = load_directions(directions_path)
+    directions = payload["directions"]
+    refusal_prompts = [p.text for p in read_prompts(harmful_val_path)][: settings.n_refusal_prompts]
+    kl_prompts = [p.text for p in read_prompts(harmless_val_path)][: settings.n_kl_prompts]
+    evaluator = TrialEvaluator(
+        model,
+        tokenizer,
+        directions,
+        components,
+        norm_preservation,
+        refusal_prompts,
+        kl_prompts,
+        model_settings.system_prompt,
+        settings.batch_size,
+        settings.max_new_tokens,
+        MarkerDetector(refusal_markers),
+    )
+    space = SearchSpace.resolve(settings, evaluator.n_layers, components)
+    for name, dist in space.distributions().items():
+        if hasattr(dist, "low") and dist.low > dist.high:
+            raise BrunoError(
+                f"config key 'search' ({name}): range lower bound {dist.low} exceeds upper bound {dist.high}."
+            )
+    fingerprint = {
+        "search_space": space.describe(),
+        "objectives": OBJECTIVES,
+        "directions": sha256_bytes(directions.numpy().tobytes()),
+        "model": model_path,
+        "refusal_prompts": sha256_texts(refusal_prompts),
+        "kl_prompts": sha256_texts(kl_prompts),
+        "system_prompt": model_settings.system_prompt or "",
+        "max_new_tokens": settings.max_new_tokens,
+        "components": components,
+        "norm_preservation": norm_preservation,
+        "refusal_markers": sha256_texts(refusal_markers),
+    }
+    sampler = optuna.samplers.TPESampler(
+        multivariate=True,
+        seed=seed,
+        n_startup_trials=settings.n_startup_trials,
+        n_ei_candidates=settings.n_ei_candidates,
+    )
+    study = open_study(work_db, fingerprint, len(OBJECTIVES), sampler)
+    if not study.trials:
+        known = set(space.distributions())
+        warm = [space.full_strength()] if settings.warm_start.get("full_strength", True) else []
+        for extra in settings.warm_start.get("trials", []):
+            unknown = sorted(set(extra) - known)
+            if unknown:
+                raise BrunoError(
+                    f"config key 'search.warm_start.trials': unknown parameter(s) {unknown}; known: {sorted(known)}."
+                )
+            warm.append(extra)
+        for values in warm:
+            study.enqueue_trial(values, skip_if_exists=True)
+        log.info("new study: enqueued %d warm-start trial(s)", len(warm))
+    else:
+        log.info(
+            "resuming study: %d COMPLETE, %d FAIL",
+            count(study, TrialState.COMPLETE),
+            count(study, TrialState.FAIL),
+        )
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        values = sample(trial, space)
+        params = space.to_params(values)
+        result = evaluator.evaluate(params)
+        trial.set_user_attr("resolved", params.to_dict())
+        trial.set_user_attr("layer_weights", params.layer_weights(evaluator.n_layers))
+        trial.set_user_attr("direction_index_used", params.direction_scope == "global")
+        trial.set_user_attr("n_refusals", result.n_refusals)
+        trial.set_user_attr("n_prompts", result.n_prompts)
+        trial.set_user_attr("seconds", result.seconds)
+        trial.set_user_attr("seconds_kl", result.seconds_kl)
+        trial.set_user_attr("seconds_generation", result.seconds_generation)
+        done = count(study, TrialState.COMPLETE) + 1
+        log.info(
+            "trial %d (%d/%d) | %s | KL %.4f | refusals %d/%d | %.2f s",
+            trial.number, done, settings.n_trials, _summary(values), result.kl_divergence,
+            result.n_refusals, result.n_prompts, result.seconds,
+        )  # fmt: skip
+        if result.kl_divergence != result.kl_divergence:  # NaN
+            trial.set_user_attr("fail_reason", "non-finite KL divergence")
+            raise TrialFailed("non-finite KL divergence")
+        return result.kl_divergence, result.refusal_rate
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_study(study, objective, settings.n_trials, settings.max_failed_trials)
+    snapshot(work_db, out_db)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    log.info("search done: %d COMPLETE trials, snapshot %s", len(complete), out_db)
+    return {"complete": len(complete)}

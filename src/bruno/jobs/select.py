@@ -1,0 +1,42 @@
+"""Stage `select`: choose the trial to export from the study snapshot -> best_trial.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from bruno.io import atomic_write_json
+from bruno.search import STUDY_NAME
+from bruno.select import SelectionSettings, select_trial
+
+
+def run(
+    study_path: str | Path, settings: SelectionSettings, variant: str, out_path: str | Path
+) -> dict[str, Any]:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    trial, selection = select_trial(study.trials, settings)
+    attrs = trial.user_attrs
+    params = dict(trial.params)
+    unused = [] if attrs.get("direction_index_used", True) else ["direction_index"]
+    best = {
+        "variant": variant,
+        "trial_number": trial.number,
+        "params": params,
+        "unused_params": unused,
+        "resolved": attrs["resolved"],
+        "layer_weights": attrs["layer_weights"],
+        "metrics_val": {
+            "kl_divergence": trial.values[0],
+            "refusal_rate": trial.values[1],
+            "n_refusals": attrs.get("n_refusals"),
+            "n_prompts": attrs.get("n_prompts"),
+            "seconds": attrs.get("seconds"),
+        },
+        "selection": selection,
+        "study_fingerprint": study.user_attrs.get("fingerprint"),
+    }
+    atomic_write_json(out_path, best)
+    return best

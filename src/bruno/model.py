@@ -1,0 +1,335 @@
+"""Model access: loading (safetensors only), chat formatting and tokenisation, residuals, first-token log-probs,
+batched greedy generation, and discovery of the matrices that write to the residual stream.
+
+All forward passes run under `torch.inference_mode()`; results move to the CPU at once (float32).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bruno.errors import BrunoError
+
+log = logging.getLogger(__name__)
+
+# Component name -> relative module paths inside one decoder layer, in the order they are tried.
+COMPONENT_PATHS: dict[str, tuple[str, ...]] = {
+    "attn.o_proj": (
+        "self_attn.o_proj",
+        "self_attn.out_proj",
+        "attn.out_proj",
+        "attention.dense",
+        "linear_attn.out_proj",
+    ),
+    "mlp.down_proj": ("mlp.down_proj", "mlp.fc2", "mlp.dense_4h_to_h", "feed_forward.w2"),
+}
+_LAYER_PATHS = (
+    "model.layers",
+    "model.language_model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = "organism"
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    chat_template: str | None = None
+    system_prompt: str | None = None
+    batch_size: int = 64
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BrunoError(
+            f"config key 'model.device' is '{device}' but CUDA is not available here; use 'auto' or 'cpu'."
+        )
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return _DTYPES[dtype]
+
+
+def load_tokenizer(path: str | Path, settings: ModelSettings) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path), revision=settings.revision, trust_remote_code=settings.trust_remote_code
+        )
+    except OSError as e:
+        raise BrunoError(
+            f"Could not load the tokenizer of '{path}': {e}. If this is a hub id, no hub is reachable here: "
+            "set model.name to a local model directory."
+        ) from e
+    if settings.chat_template:
+        template = settings.chat_template
+        if Path(template).is_file():
+            template = Path(template).read_text(encoding="utf-8")
+        tokenizer.chat_template = template
+    if not getattr(tokenizer, "chat_template", None):
+        raise BrunoError(
+            f"The tokenizer of '{path}' has no chat template. Set config key 'model.chat_template' to a Jinja chat "
+            "template (inline or a file path), or use the instruct/chat version of the model."
+        )
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    path: str | Path, settings: ModelSettings, device: torch.device | None = None
+) -> tuple[nn.Module, Any]:
+    """Load a causal LM (safetensors only) and its tokenizer, in eval mode, on the configured device."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    if settings.trust_remote_code:
+        log.warning("!!! trust_remote_code is ON for '%s': code shipped with the model will run. !!!", path)
+    tokenizer = load_tokenizer(path, settings)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path),
+            revision=settings.revision,
+            dtype=dtype,
+            trust_remote_code=settings.trust_remote_code,
+            use_safetensors=True,
+        )
+    except OSError as e:
+        raise BrunoError(
+            f"Could not load model '{path}': {e}. Only safetensors weights are loaded; if this is a hub id, no hub is "
+            "reachable here: set model.name to a local model directory."
+        ) from e
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Prompts -> token batches
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def chat_strings(tokenizer: Any, texts: Sequence[str], system_prompt: str | None) -> list[str]:
+    """Render each prompt through the chat template, ending with the assistant generation prompt."""
+    rendered = []
+    for text in texts:
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": text})
+        rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return rendered
+
+
+def encode(
+    tokenizer: Any, texts: Sequence[str], system_prompt: str | None, batch_size: int, device: torch.device
+) -> list[Batch]:
+    """Tokenise prompts once, left-padded, in batches (the chat template already holds special tokens)."""
+    strings = chat_strings(tokenizer, texts, system_prompt)
+    batches = []
+    for start in range(0, len(strings), batch_size):
+        enc = tokenizer(
+            strings[start : start + batch_size], add_special_tokens=False, padding=True, return_tensors="pt"
+        )
+        batches.append(Batch(enc["input_ids"].to(device), enc["attention_mask"].to(device)))
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Forward passes
+
+
+@torch.inference_mode()
+def last_token_residuals(model: nn.Module, batches: Sequence[Batch]) -> torch.Tensor:
+    """Hidden states at the last prompt position for the embedding output and every layer: [n, L+1, d] float32 (CPU).
+
+    Note (transformers 5): the last entry is the output of the final norm."""
+    parts = []
+    for batch in batches:
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        parts.append(torch.stack([h[:, -1, :] for h in out.hidden_states], dim=1).float().cpu())
+    return torch.cat(parts)
+
+
+@torch.inference_mode()
+def first_token_logprobs(model: nn.Module, batches: Sequence[Batch]) -> torch.Tensor:
+    """Log-softmax of the raw next-token logits at the first response position: [n, vocab] float32 (CPU)."""
+    parts = []
+    for batch in batches:
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            logits_to_keep=1,
+        )
+        parts.append(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu())
+    return torch.cat(parts)
+
+
+def kl_divergence(base_logprobs: torch.Tensor, edited_logprobs: torch.Tensor) -> float:
+    """KL(base || edited), summed over the vocabulary and averaged over prompts (heretic's `batchmean`)."""
+    kl = torch.nn.functional.kl_div(edited_logprobs, base_logprobs, reduction="batchmean", log_target=True)
+    return float(kl)
+
+
+def eos_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    ids = set()
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    for value in (gen_eos, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+@torch.inference_mode()
+def generate_greedy(
+    model: nn.Module,
+    tokenizer: Any,
+    batches: Sequence[Batch],
+    max_new_tokens: int,
+    stop: Callable[[list[str]], list[bool]] | None = None,
+    stop_check_every: int = 4,
+) -> list[str]:
+    """Greedy decoding with a KV cache; a sequence stops at EOS, the batch as soon as every sequence has stopped.
+
+    `stop`, if given, receives the decoded text so far and returns which sequences are already decided (e.g. a
+    refusal marker appeared); it is called every `stop_check_every` steps."""
+    from transformers import DynamicCache
+
+    eos = torch.tensor(eos_token_ids(model, tokenizer), device=model_device(model))
+    pad = tokenizer.pad_token_id
+    responses: list[str] = []
+    for batch in batches:
+        mask = batch.attention_mask
+        positions = batch.position_ids
+        cache = DynamicCache(config=model.config)
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        finished = torch.zeros(len(batch), dtype=torch.bool, device=mask.device)
+        generated: list[torch.Tensor] = []
+        for step in range(max_new_tokens):
+            token = out.logits[:, -1, :].argmax(dim=-1)
+            token = torch.where(finished, torch.full_like(token, pad), token)
+            finished |= torch.isin(token, eos)
+            generated.append(token)
+            if stop is not None and (step + 1) % stop_check_every == 0 and not bool(finished.all()):
+                texts = tokenizer.batch_decode(torch.stack(generated, dim=1), skip_special_tokens=True)
+                finished |= torch.tensor(stop(texts), device=mask.device)
+            if bool(finished.all()) or step + 1 == max_new_tokens:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            out = model(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+        tokens = torch.stack(generated, dim=1) if generated else batch.input_ids[:, :0]
+        responses.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
+    return [r.strip() for r in responses]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Architecture
+
+
+def _get(module: nn.Module, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not hasattr(module, part):
+            return None
+        module = getattr(module, part)
+    return module
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    for path in _LAYER_PATHS:
+        layers = _get(model, path)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise BrunoError(
+        f"Unsupported architecture {type(model).__name__}: no decoder layer list found ({_LAYER_PATHS})."
+    )
+
+
+def target_modules(model: nn.Module, components: Sequence[str]) -> dict[str, list[nn.Linear]]:
+    """For each component, the Linear module of every decoder layer that writes it into the residual stream."""
+    layers = decoder_layers(model)
+    found: dict[str, list[nn.Linear]] = {}
+    for component in components:
+        if component not in COMPONENT_PATHS:
+            raise BrunoError(f"Unknown component '{component}'; known: {', '.join(COMPONENT_PATHS)}.")
+        modules = []
+        for index, layer in enumerate(layers):
+            module = next((m for p in COMPONENT_PATHS[component] if (m := _get(layer, p)) is not None), None)
+            if not isinstance(module, nn.Linear):
+                raise BrunoError(
+                    f"Layer {index} of {type(model).__name__} has no Linear '{component}' "
+                    f"(tried {', '.join(COMPONENT_PATHS[component])}); this architecture is not supported yet."
+                )
+            modules.append(module)
+        found[component] = modules
+    return found
+
+
+def iter_batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,239 @@
+"""The Optuna search over abliteration parameters: search space, warm start, resumable study, objective.
+
+Parameter names follow heretic: `direction_scope`, `direction_index`, and per component (`attn.o_proj`,
+`mlp.down_proj`) `max_weight`, `max_weight_position`, `min_weight` (a fraction of max_weight), `min_weight_distance`.
+Ranges are configured as fractions of the last layer index, so one config suits models of any depth.
+
+The study lives in a working SQLite file that Snakemake does not manage (a failed job must not delete it); it carries a
+fingerprint of the search space, objectives and inputs, and a mismatch is an error. A resumed run marks trials left
+RUNNING by a killed worker as FAIL and continues until `n_trials` trials are COMPLETE.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from bruno.errors import BrunoError
+from bruno.io import atomic_path, sha256_json
+from bruno.plan import AblationParams, ComponentKernel
+
+log = logging.getLogger(__name__)
+
+STUDY_NAME = "abliteration"
+KERNEL_PARAMS = ("max_weight", "max_weight_position", "min_weight", "min_weight_distance")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    n_trials: int = 200
+    n_startup_trials: int = 60
+    n_ei_candidates: int = 128
+    seed: int | None = None
+    direction_scopes: list[str] = field(default_factory=lambda: ["global", "per layer"])
+    direction_index: list[float] = field(default_factory=lambda: [0.4, 0.9])
+    ranges: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    warm_start: dict[str, Any] = field(default_factory=dict)
+    n_refusal_prompts: int = 100
+    n_kl_prompts: int = 100
+    max_new_tokens: int = 100
+    batch_size: int = 64
+    max_failed_trials: int = 20
+
+
+class TrialFailed(Exception):
+    """A trial that produced no usable objective values (e.g. non-finite KL); the study goes on."""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Absolute ranges for one model depth, resolved from the fractional config ranges."""
+
+    n_layers: int
+    components: tuple[str, ...]
+    direction_scopes: tuple[str, ...]
+    direction_index: tuple[float, float]
+    kernels: dict[str, dict[str, tuple[float, float]]]
+
+    @classmethod
+    def resolve(cls, settings: SearchSettings, n_layers: int, components: list[str]) -> SearchSpace:
+        last = max(n_layers - 1, 0)
+
+        def scaled(pair: list[float], floor: float | None = None) -> tuple[float, float]:
+            lo, hi = pair[0] * last, pair[1] * last
+            if floor is not None:
+                lo, hi = max(lo, floor), max(hi, floor)
+            return (float(lo), float(hi))
+
+        kernels = {}
+        for component in components:
+            if component not in settings.ranges:
+                raise BrunoError(f"config key 'search.ranges': no ranges for component '{component}'.")
+            r = settings.ranges[component]
+            kernels[component] = {
+                "max_weight": (float(r["max_weight"][0]), float(r["max_weight"][1])),
+                "max_weight_position": scaled(r["max_weight_position"]),
+                "min_weight": (float(r["min_weight"][0]), float(r["min_weight"][1])),
+                "min_weight_distance": scaled(r["min_weight_distance"], floor=1.0),
+            }
+        return cls(
+            n_layers,
+            tuple(components),
+            tuple(settings.direction_scopes),
+            scaled(settings.direction_index),
+            kernels,
+        )
+
+    def distributions(self) -> dict[str, Any]:
+        dists: dict[str, Any] = {}
+        if len(self.direction_scopes) > 1:
+            dists["direction_scope"] = CategoricalDistribution(list(self.direction_scopes))
+        if "global" in self.direction_scopes:
+            dists["direction_index"] = FloatDistribution(*self.direction_index)
+        for component, ranges in self.kernels.items():
+            for name in KERNEL_PARAMS:
+                dists[f"{component}.{name}"] = FloatDistribution(*ranges[name])
+        return dists
+
+    def describe(self) -> dict[str, Any]:
+        return {name: repr(dist) for name, dist in self.distributions().items()}
+
+    def to_params(self, values: Mapping[str, Any]) -> AblationParams:
+        """Optuna parameter values -> AblationParams (clamps max_weight at 0; min_weight is a fraction of max)."""
+        scope = values.get("direction_scope", self.direction_scopes[0])
+        index = values.get("direction_index") if scope == "global" else None
+        kernels = {}
+        for component in self.components:
+            max_weight = max(0.0, float(values[f"{component}.max_weight"]))
+            kernels[component] = ComponentKernel(
+                max_weight=max_weight,
+                max_weight_position=float(values[f"{component}.max_weight_position"]),
+                min_weight=float(values[f"{component}.min_weight"]) * max_weight,
+                min_weight_distance=float(values[f"{component}.min_weight_distance"]),
+            )
+        return AblationParams(scope, index, kernels)
+
+    def full_strength(self) -> dict[str, Any]:
+        """Warm-start point: the latest direction the range allows, weight 1 on every layer of every component."""
+
+        def clip(value: float, bounds: tuple[float, float]) -> float:
+            return min(max(value, bounds[0]), bounds[1])
+
+        values: dict[str, Any] = {}
+        if len(self.direction_scopes) > 1:
+            values["direction_scope"] = (
+                "global" if "global" in self.direction_scopes else self.direction_scopes[0]
+            )
+        if "global" in self.direction_scopes:
+            values["direction_index"] = self.direction_index[1]
+        for component, ranges in self.kernels.items():
+            position = clip((self.n_layers - 1) / 2, ranges["max_weight_position"])
+            values[f"{component}.max_weight"] = clip(1.0, ranges["max_weight"])
+            values[f"{component}.max_weight_position"] = position
+            values[f"{component}.min_weight"] = clip(1.0, ranges["min_weight"])
+            values[f"{component}.min_weight_distance"] = ranges["min_weight_distance"][1]
+        return values
+
+
+def sample(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    values = {}
+    for name, dist in space.distributions().items():
+        if isinstance(dist, CategoricalDistribution):
+            values[name] = trial.suggest_categorical(name, dist.choices)
+        else:
+            values[name] = trial.suggest_float(name, dist.low, dist.high)
+    return values
+
+
+def open_study(
+    storage_path: str | Path,
+    fingerprint: Mapping[str, Any],
+    n_objectives: int,
+    sampler: optuna.samplers.BaseSampler,
+) -> optuna.Study:
+    """Create the study, or load it and check its fingerprint; stale RUNNING trials become FAIL."""
+    storage_path = Path(storage_path)
+    storage_path.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{storage_path}", engine_kwargs={"connect_args": {"timeout": 60}}
+    )
+    digest = sha256_json(fingerprint)
+    try:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
+    except KeyError:
+        study = optuna.create_study(
+            study_name=STUDY_NAME, storage=storage, sampler=sampler, directions=["minimize"] * n_objectives
+        )
+        study.set_user_attr("fingerprint", digest)
+        study.set_user_attr("fingerprint_inputs", dict(fingerprint))
+        return study
+    stored = study.user_attrs.get("fingerprint")
+    if stored != digest:
+        old = study.user_attrs.get("fingerprint_inputs", {})
+        changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        raise BrunoError(
+            f"The study in {storage_path} was created with a different search setup (changed: {', '.join(changed) or 'unknown'}). "
+            f"Its trials cannot be mixed with the new ones: delete {storage_path} to start a new search, "
+            "or restore the previous config to resume it."
+        )
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker died (left RUNNING)")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    if stale:
+        log.warning(
+            "Marked %d trial(s) left RUNNING by a killed run as FAIL: %s",
+            len(stale),
+            [t.number for t in stale],
+        )
+    return study
+
+
+def count(study: optuna.Study, state: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+def run_study(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], tuple[float, ...]],
+    n_trials: int,
+    max_failed_trials: int,
+) -> None:
+    """Run until `n_trials` trials are COMPLETE; stop with an error after `max_failed_trials` failures in this run."""
+    failed_before = count(study, TrialState.FAIL)
+    while (remaining := n_trials - count(study, TrialState.COMPLETE)) > 0:
+        study.optimize(objective, n_trials=remaining, catch=(TrialFailed,), gc_after_trial=False)
+        failed = count(study, TrialState.FAIL) - failed_before
+        if failed >= max_failed_trials:
+            reasons = [
+                t.user_attrs.get("fail_reason", "?") for t in study.get_trials(states=(TrialState.FAIL,))
+            ]
+            raise BrunoError(
+                f"{failed} trials failed in this run (last reason: {reasons[-1] if reasons else '?'}); stopping. "
+                "Check the model and the search ranges (search.ranges), or raise search.max_failed_trials."
+            )
+
+
+def snapshot(storage_path: str | Path, out_path: str | Path) -> None:
+    """A consistent copy of the working SQLite study (sqlite3 online backup), written atomically."""
+    with atomic_path(out_path) as tmp:
+        src = sqlite3.connect(str(storage_path))
+        dst = sqlite3.connect(str(tmp))
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+            src.close()
+
+
+def finite(values: tuple[float, ...]) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)

@@ -1,0 +1,89 @@
+"""Scoring one set of abliteration parameters on the validation prompts, without copying or reloading the model.
+
+Everything that does not depend on the parameters is computed once: tokenised prompt batches, the base model's
+first-token log-probs on the harmless prompts, and the norms of the target matrices.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bruno.ablation import hooked
+from bruno.model import encode, first_token_logprobs, generate_greedy, kl_divergence, model_device
+from bruno.plan import AblationParams, EditTargets, build_edits
+from bruno.refusal import MarkerDetector
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    kl_divergence: float
+    refusal_rate: float
+    n_refusals: int
+    n_prompts: int
+    seconds: float
+    seconds_kl: float
+    seconds_generation: float
+    responses: tuple[str, ...]
+
+
+class TrialEvaluator:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        directions: torch.Tensor,
+        components: list[str],
+        norm_preservation: str,
+        refusal_prompts: Sequence[str],
+        kl_prompts: Sequence[str],
+        system_prompt: str | None,
+        batch_size: int,
+        max_new_tokens: int,
+        detector: MarkerDetector | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.directions = directions
+        self.norm_preservation = norm_preservation
+        self.max_new_tokens = max_new_tokens
+        self.detector = detector or MarkerDetector()
+        self.targets = EditTargets(model, components)
+        device = model_device(model)
+        self.refusal_batches = encode(tokenizer, refusal_prompts, system_prompt, batch_size, device)
+        self.kl_batches = encode(tokenizer, kl_prompts, system_prompt, batch_size, device)
+        self.n_refusal_prompts = len(refusal_prompts)
+        self.base_logprobs = first_token_logprobs(model, self.kl_batches)
+
+    @property
+    def n_layers(self) -> int:
+        return self.targets.n_layers
+
+    def evaluate(self, params: AblationParams) -> TrialResult:
+        start = time.perf_counter()
+        edits = build_edits(self.targets, self.directions, params, self.norm_preservation)
+        with hooked(self.targets.modules, edits):
+            t0 = time.perf_counter()
+            logprobs = first_token_logprobs(self.model, self.kl_batches)
+            t1 = time.perf_counter()
+            responses = generate_greedy(self.model, self.tokenizer, self.refusal_batches, self.max_new_tokens)
+            t2 = time.perf_counter()
+        kl = kl_divergence(self.base_logprobs, logprobs)
+        verdicts = self.detector.classify(responses)
+        n_refusals = sum(v.is_refusal for v in verdicts)
+        return TrialResult(
+            kl_divergence=kl if math.isfinite(kl) else float("nan"),
+            refusal_rate=n_refusals / self.n_refusal_prompts,
+            n_refusals=n_refusals,
+            n_prompts=self.n_refusal_prompts,
+            seconds=time.perf_counter() - start,
+            seconds_kl=t1 - t0,
+            seconds_generation=t2 - t1,
+            responses=tuple(responses),
+        )
