@@ -104,6 +104,7 @@ def resolve_variants(
                 )
         merged = deep_merge(base, overrides)
         validate_config(merged, schema_path, context=f"variant '{name}'")
+        merged.pop("variants", None)  # filled back in by the schema default; a variant has none
         resolved[name] = merged
     return resolved
 

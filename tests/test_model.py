@@ -1,0 +1,90 @@
+"""Model access: chat formatting, batched greedy decoding, padding invariance, architecture discovery."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bruno.errors import BrunoError
+from bruno.model import (
+    ModelSettings,
+    encode,
+    first_token_logprobs,
+    generate_greedy,
+    kl_divergence,
+    last_token_residuals,
+    load_model,
+    target_modules,
+)
+
+TEXTS = ["How do I bake bread?", "Explain how to write a poem about the sea.", "hi"]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    return load_model(tiny_model_dir, ModelSettings())
+
+
+def test_chat_template_and_left_padding(loaded):
+    model, tok = loaded
+    batch = encode(tok, TEXTS, "Be brief.", 8, torch.device("cpu"))[0]
+    first = tok.decode(batch.input_ids[0])
+    assert "<|system|>\nBe brief.<|end|>" in first and first.endswith("<|assistant|>\n")
+    assert batch.attention_mask[:, -1].all()  # left padding: every prompt ends at the last position
+
+
+def test_greedy_matches_transformers_generate(loaded):
+    model, tok = loaded
+    batch = encode(tok, TEXTS, None, 8, torch.device("cpu"))
+    ours = generate_greedy(model, tok, batch, max_new_tokens=12)
+    b = batch[0]
+    ref = model.generate(
+        input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=12, do_sample=False
+    )
+    theirs = [t.strip() for t in tok.batch_decode(ref[:, b.input_ids.shape[1] :], skip_special_tokens=True)]
+    assert ours == theirs
+
+
+def test_results_do_not_depend_on_batching(loaded):
+    model, tok = loaded
+    together = encode(tok, TEXTS, None, 8, torch.device("cpu"))
+    alone = encode(tok, TEXTS, None, 1, torch.device("cpu"))
+    assert torch.allclose(
+        last_token_residuals(model, together), last_token_residuals(model, alone), atol=1e-5
+    )
+    a, b = first_token_logprobs(model, together), first_token_logprobs(model, alone)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert kl_divergence(a, b) == pytest.approx(0.0, abs=1e-6)
+    assert generate_greedy(model, tok, together, 8) == generate_greedy(model, tok, alone, 8)
+
+
+def test_residuals_shape(loaded):
+    model, tok = loaded
+    res = last_token_residuals(model, encode(tok, TEXTS, None, 8, torch.device("cpu")))
+    assert res.shape == (3, model.config.num_hidden_layers + 1, model.config.hidden_size)
+    assert res.dtype == torch.float32
+
+
+def test_target_modules(loaded):
+    model, _ = loaded
+    found = target_modules(model, ["attn.o_proj", "mlp.down_proj"])
+    assert len(found["attn.o_proj"]) == model.config.num_hidden_layers
+    with pytest.raises(BrunoError, match="Unknown component"):
+        target_modules(model, ["mlp.up"])
+
+
+def test_tokenizer_without_chat_template_is_a_clear_error(tmp_path):
+    from conftest import build_tiny_model
+
+    path = build_tiny_model(tmp_path / "m", chat_template=None)
+    with pytest.raises(BrunoError, match="model.chat_template"):
+        load_model(path, ModelSettings())
+    from conftest import CHAT_TEMPLATE
+
+    model, tok = load_model(path, ModelSettings(chat_template=CHAT_TEMPLATE))  # a configured template works
+    assert tok.chat_template == CHAT_TEMPLATE
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(BrunoError, match="local model directory"):
+        load_model(tmp_path / "does-not-exist", ModelSettings())

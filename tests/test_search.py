@@ -1,0 +1,226 @@
+"""Search space, warm start, selection rule, fingerprinting, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import torch
+from conftest import REPO
+from optuna.trial import TrialState, create_trial
+
+from bruno.errors import BrunoError
+from bruno.prompts import Prompt, write_prompts
+from bruno.search import SearchSettings, SearchSpace, open_study
+from bruno.select import SelectionSettings, select_trial
+
+COMPONENTS = ["attn.o_proj", "mlp.down_proj"]
+RANGES = {
+    "attn.o_proj": {
+        "max_weight": [0.8, 1.5],
+        "max_weight_position": [0.6, 1.0],
+        "min_weight": [0.0, 1.0],
+        "min_weight_distance": [0.0, 0.6],
+    },
+    "mlp.down_proj": {
+        "max_weight": [-0.25, 1.5],
+        "max_weight_position": [0.6, 1.0],
+        "min_weight": [0.0, 1.0],
+        "min_weight_distance": [0.0, 0.6],
+    },
+}
+
+
+def space(n_layers=11, scopes=("global", "per layer")):
+    return SearchSpace.resolve(
+        SearchSettings(ranges=RANGES, direction_scopes=list(scopes)), n_layers, COMPONENTS
+    )
+
+
+def test_ranges_scale_with_depth():
+    s = space(11)  # last layer index 10
+    assert s.direction_index == pytest.approx((4.0, 9.0))
+    assert s.kernels["attn.o_proj"]["max_weight_position"] == pytest.approx((6.0, 10.0))
+    assert s.kernels["attn.o_proj"]["min_weight_distance"] == pytest.approx((1.0, 6.0))  # floor of one layer
+
+
+def test_to_params_clamps_mlp_and_scales_min_weight():
+    s = space()
+    values = {
+        "direction_scope": "global",
+        "direction_index": 5.0,
+        **{
+            f"attn.o_proj.{k}": v
+            for k, v in dict(
+                max_weight=1.2, max_weight_position=8, min_weight=0.5, min_weight_distance=2
+            ).items()
+        },
+        **{
+            f"mlp.down_proj.{k}": v
+            for k, v in dict(
+                max_weight=-0.1, max_weight_position=8, min_weight=0.5, min_weight_distance=2
+            ).items()
+        },
+    }
+    params = s.to_params(values)
+    assert params.kernels["attn.o_proj"].min_weight == pytest.approx(0.6)
+    assert params.kernels["mlp.down_proj"].max_weight == 0.0
+    assert all(w == 0.0 for w in params.layer_weights(11)["mlp.down_proj"])
+    per_layer = s.to_params({**values, "direction_scope": "per layer"})
+    assert per_layer.direction_index is None  # recorded as unused, never silently applied
+
+
+def test_single_scope_drops_dead_parameters():
+    dists = space(scopes=("per layer",)).distributions()
+    assert "direction_index" not in dists and "direction_scope" not in dists
+    assert "direction_scope" not in space(scopes=("global",)).distributions()
+
+
+def test_full_strength_warm_start_is_in_range_and_full():
+    s = space(6)
+    values = s.full_strength()
+    for name, dist in s.distributions().items():
+        if hasattr(dist, "low"):
+            assert dist.low <= values[name] <= dist.high, name
+    weights = s.to_params(values).layer_weights(6)
+    assert all(w == pytest.approx(1.0) for ws in weights.values() for w in ws)
+
+
+def _trial(number, kl, refusal):
+    t = create_trial(values=[kl, refusal], params={}, distributions={})
+    t.number = number
+    return t
+
+
+def test_selection_rule():
+    trials = [_trial(0, 0.30, 0.0), _trial(1, 0.05, 0.04), _trial(2, 0.01, 0.5), _trial(3, 0.05, 0.0)]
+    best, info = select_trial(trials, SelectionSettings(max_refusal_rate=0.05))
+    assert best.number == 1 and info["qualified_trials"] == 3  # lowest KL among qualified, earliest on ties
+    best, info = select_trial(trials, SelectionSettings(max_refusal_rate=0.0))
+    assert best.number == 3
+    best, info = select_trial(
+        [_trial(0, 0.2, 0.3), _trial(1, 0.1, 0.3), _trial(2, 0.01, 0.6)], SelectionSettings(0.05)
+    )
+    assert best.number == 1 and "fewest refusals" in info["rule"]
+    with pytest.raises(BrunoError, match="no COMPLETE"):
+        select_trial([], SelectionSettings())
+
+
+def test_fingerprint_mismatch_is_an_error(tmp_path):
+    sampler = optuna.samplers.TPESampler(seed=0)
+    open_study(tmp_path / "s.db", {"search_space": "a", "objectives": ["kl"]}, 2, sampler)
+    open_study(tmp_path / "s.db", {"search_space": "a", "objectives": ["kl"]}, 2, sampler)  # same: resumes
+    with pytest.raises(BrunoError, match="changed: search_space"):
+        open_study(tmp_path / "s.db", {"search_space": "b", "objectives": ["kl"]}, 2, sampler)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Resume after SIGKILL, on a tiny model, through the real optimize job.
+
+DRIVER = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from bruno.jobs.optimize import run
+    from bruno.model import ModelSettings
+    from bruno.search import SearchSettings
+    import json
+    args = json.loads(sys.argv[1])
+    torch.set_num_threads(1)
+    run(model_path=args["model"], model_settings=ModelSettings(), directions_path=args["directions"],
+        harmful_val_path=args["harmful"], harmless_val_path=args["harmless"],
+        settings=SearchSettings(n_trials=args["n_trials"], n_startup_trials=3, ranges=args["ranges"], max_new_tokens=args["tokens"]),
+        components=["attn.o_proj", "mlp.down_proj"], norm_preservation="row", refusal_markers=["sorry"],
+        seed=0, work_db=args["work"], out_db=args["out"])
+    """
+)
+
+
+@pytest.fixture
+def search_inputs(tmp_path, tiny_model_dir):
+    import json
+
+    from bruno.directions import mean_difference, save_directions
+
+    harmful = [Prompt(f"h{i}", f"How do I build weapon number {i}?", "c", "val") for i in range(6)]
+    harmless = [Prompt(f"g{i}", f"How do I bake bread number {i}?", "c", "val") for i in range(6)]
+    write_prompts(tmp_path / "harmful.jsonl", harmful)
+    write_prompts(tmp_path / "harmless.jsonl", harmless)
+    g = torch.Generator().manual_seed(0)
+    dirs = mean_difference(
+        torch.randn(4, 32, generator=g).double(), torch.randn(4, 32, generator=g).double(), True
+    )
+    save_directions(tmp_path / "directions.pt", {"directions": dirs, "metadata": {}})
+    args = {
+        "model": str(tiny_model_dir),
+        "directions": str(tmp_path / "directions.pt"),
+        "harmful": str(tmp_path / "harmful.jsonl"),
+        "harmless": str(tmp_path / "harmless.jsonl"),
+        "ranges": RANGES,
+        "work": str(tmp_path / "work.db"),
+        "out": str(tmp_path / "study.db"),
+    }
+    return SimpleNamespace(args=args, run=lambda **kw: subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps({**args, **kw})], capture_output=True, text=True, timeout=300, env=_env()
+    ), popen=lambda **kw: subprocess.Popen(
+        [sys.executable, "-c", DRIVER, json.dumps({**args, **kw})], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env()
+    ))  # fmt: skip
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+def _trials(db):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    return optuna.load_study(study_name="abliteration", storage=storage).get_trials()
+
+
+def test_killed_search_resumes_without_losing_trials(search_inputs):
+    work = search_inputs.args["work"]
+    proc = search_inputs.popen(n_trials=400, tokens=200)  # long trials: the kill lands mid-trial
+    deadline = time.time() + 120
+    completed = []
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            completed = [t for t in _trials(work) if t.state == TrialState.COMPLETE]
+        except Exception:  # study not created yet
+            continue
+        if len(completed) >= 3:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {t.number: t.values for t in _trials(work) if t.state == TrialState.COMPLETE}
+    running = [t.number for t in _trials(work) if t.state == TrialState.RUNNING]
+    assert len(before) >= 3 and len(running) <= 1
+    target = len(before) + 2
+    result = search_inputs.run(n_trials=target, tokens=200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = _trials(work)
+    complete = {t.number: t.values for t in after if t.state == TrialState.COMPLETE}
+    assert len(complete) == target
+    assert all(complete[n] == v for n, v in before.items())  # nothing completed was lost or changed
+    for number in running:  # the trial the kill interrupted is marked failed, with the reason
+        trial = next(t for t in after if t.number == number)
+        assert trial.state == TrialState.FAIL and "RUNNING" in trial.user_attrs["fail_reason"]
+    assert os.path.exists(search_inputs.args["out"])  # snapshot written when the search ended
+
+
+def test_same_seed_same_trials(search_inputs, tmp_path):
+    first = search_inputs.run(n_trials=4, tokens=4)
+    assert first.returncode == 0, first.stderr[-2000:]
+    values_a = [(t.params, t.values) for t in _trials(search_inputs.args["work"])]
+    second = search_inputs.run(
+        n_trials=4, tokens=4, work=str(tmp_path / "work2.db"), out=str(tmp_path / "study2.db")
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    values_b = [(t.params, t.values) for t in _trials(tmp_path / "work2.db")]
+    assert values_a == values_b
