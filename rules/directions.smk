@@ -20,6 +20,7 @@ rule directions:
         model_path=MODEL_PATH,
         model=config["model"],
         directions=variant_section("directions"),
+        refusal_markers=config["evaluation"]["refusal_markers"],
         seed=config["seed"],
     script:
         "../scripts/directions.py"

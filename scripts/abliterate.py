@@ -7,15 +7,14 @@ def main(snakemake, log):
     from bruno.config import settings_from_dict
     from bruno.jobs.abliterate import run
     from bruno.model import ModelSettings
+    from bruno.plan import AbliterationSettings
 
-    abliteration = snakemake.params.abliteration
     run(
         model_path=snakemake.params.model_path,
         model_settings=settings_from_dict(ModelSettings, snakemake.params.model, "model"),
         directions_path=snakemake.input.directions,
         best_trial_path=snakemake.input.best,
-        components=abliteration["components"],
-        norm_preservation=abliteration["norm_preservation"],
+        abliteration=settings_from_dict(AbliterationSettings, snakemake.params.abliteration, "abliteration"),
         out_dir=snakemake.output.model,
         edit_path=snakemake.output.edit,
     )

@@ -14,6 +14,8 @@ def main(snakemake, log):
         harmful_path=snakemake.input.harmful,
         harmless_path=snakemake.input.harmless,
         settings=snakemake.params.directions,
+        refusal_markers=snakemake.params.refusal_markers,
+        seed=snakemake.params.seed,
         out_path=snakemake.output[0],
     )
 

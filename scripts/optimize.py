@@ -7,9 +7,9 @@ def main(snakemake, log):
     from bruno.config import settings_from_dict
     from bruno.jobs.optimize import run
     from bruno.model import ModelSettings
+    from bruno.plan import AbliterationSettings
     from bruno.search import SearchSettings
 
-    abliteration = snakemake.params.abliteration
     run(
         model_path=snakemake.params.model_path,
         model_settings=settings_from_dict(ModelSettings, snakemake.params.model, "model"),
@@ -17,8 +17,7 @@ def main(snakemake, log):
         harmful_val_path=snakemake.input.harmful,
         harmless_val_path=snakemake.input.harmless,
         settings=settings_from_dict(SearchSettings, snakemake.params.search, "search"),
-        components=abliteration["components"],
-        norm_preservation=abliteration["norm_preservation"],
+        abliteration=settings_from_dict(AbliterationSettings, snakemake.params.abliteration, "abliteration"),
         refusal_markers=snakemake.params.refusal_markers,
         seed=snakemake.params.seed,
         work_db=snakemake.params.work_db,

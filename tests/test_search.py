@@ -131,13 +131,14 @@ DRIVER = textwrap.dedent(
     from bruno.jobs.optimize import run
     from bruno.model import ModelSettings
     from bruno.search import SearchSettings
+    from bruno.plan import AbliterationSettings
     import json
     args = json.loads(sys.argv[1])
     torch.set_num_threads(1)
     run(model_path=args["model"], model_settings=ModelSettings(), directions_path=args["directions"],
         harmful_val_path=args["harmful"], harmless_val_path=args["harmless"],
         settings=SearchSettings(n_trials=args["n_trials"], n_startup_trials=3, ranges=args["ranges"], max_new_tokens=args["tokens"]),
-        components=["attn.o_proj", "mlp.down_proj"], norm_preservation="row", refusal_markers=["sorry"],
+        abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"],
         seed=0, work_db=args["work"], out_db=args["out"])
     """
 )

@@ -2,6 +2,11 @@
 
 The same `build_edits` serves trials (applied as hooks) and the chosen trial (baked into the weights), so the model the
 search scored is exactly the model that is exported.
+
+Directions come as a `DirectionSet` (read from directions.pt): a primary per-layer direction, optional extra components
+(contrastive PCA) with relative weights, optional concept cones (each with its share of prompts and its own
+directions), an optional CAA compliance direction, the harmless means (for biprojection) and the activation-calibration
+factor that scales every kernel weight.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from bruno.directions import direction_at
 from bruno.model import target_modules
 
 ModuleKey = tuple[str, int]
+CAA_COMPONENT = "attn.o_proj"
 
 
 @dataclass(frozen=True)
@@ -35,12 +41,16 @@ class AblationParams:
     direction_scope: str  # "global" | "per layer"
     direction_index: float | None  # used only by the global scope
     kernels: dict[str, ComponentKernel] = field(default_factory=dict)
+    weight_scale: float = 1.0  # activation calibration factor (1 = off)
 
     def layer_weights(self, n_layers: int) -> dict[str, list[float]]:
         return {
-            component: tent_kernel(
-                n_layers, k.max_weight, k.max_weight_position, k.min_weight, k.min_weight_distance
-            )
+            component: [
+                self.weight_scale * w
+                for w in tent_kernel(
+                    n_layers, k.max_weight, k.max_weight_position, k.min_weight, k.min_weight_distance
+                )
+            ]
             for component, k in self.kernels.items()
         }
 
@@ -50,19 +60,69 @@ class AblationParams:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AblationParams:
         kernels = {c: ComponentKernel(**k) for c, k in data["kernels"].items()}
-        return cls(data["direction_scope"], data.get("direction_index"), kernels)
+        return cls(
+            data["direction_scope"], data.get("direction_index"), kernels, data.get("weight_scale", 1.0)
+        )
 
 
-def layer_directions(directions: torch.Tensor, params: AblationParams) -> torch.Tensor:
-    """The direction each decoder layer's edit removes: [n_layers, d]."""
-    n_layers = directions.shape[0] - 1
+@dataclass
+class DirectionSet:
+    primary: torch.Tensor  # [L+1, d]
+    extras: list[tuple[torch.Tensor, float]] = field(default_factory=list)  # ([L+1, d], relative weight)
+    cones: list[tuple[float, list[tuple[torch.Tensor, float]]]] = field(
+        default_factory=list
+    )  # (share, [(rows, w)])
+    caa: torch.Tensor | None = None  # [L+1, d]
+    caa_strength: float = 0.0
+    harmless_mean: torch.Tensor | None = None  # [L+1, d], needed by biprojection
+    weight_scale: float = 1.0
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> DirectionSet:
+        extras = [
+            (rows, float(w))
+            for rows, w in zip(
+                payload.get("extra_directions", []), payload.get("extra_weights", []), strict=True
+            )
+        ]
+        cones = []
+        if "cone_directions" in payload:
+            weights = payload["cone_direction_weights"].tolist()
+            for share, rows in zip(payload["cone_shares"].tolist(), payload["cone_directions"], strict=True):
+                cones.append((share, [(r, weights[j]) for j, r in enumerate(rows)]))
+        return cls(
+            primary=payload["directions"],
+            extras=extras,
+            cones=cones,
+            caa=payload.get("caa_direction"),
+            caa_strength=float(payload.get("caa_strength", 0.0)),
+            harmless_mean=payload.get("harmless_mean"),
+            weight_scale=float(payload.get("calibration_factor", 1.0)),
+        )
+
+    def refusal_sets(self) -> list[tuple[torch.Tensor, float]]:
+        """Every refusal direction set with its relative weight (cones replace the primary direction)."""
+        if self.cones:
+            return [(rows, share * w) for share, parts in self.cones for rows, w in parts]
+        return [(self.primary, 1.0), *self.extras]
+
+
+def _pick(rows: torch.Tensor, layer: int, params: AblationParams) -> torch.Tensor:
     if params.direction_scope == "global":
         if params.direction_index is None:
             raise ValueError("global direction scope needs a direction_index")
-        return direction_at(directions, params.direction_index).expand(n_layers, -1)
+        return direction_at(rows, params.direction_index)
     if params.direction_scope == "per layer":
-        return directions[1:]
+        return rows[layer + 1]
     raise ValueError(f"unknown direction_scope {params.direction_scope!r}")
+
+
+def biproject(direction: torch.Tensor, harmless_mean_row: torch.Tensor) -> torch.Tensor:
+    """Remove the component along the target layer's harmless mean and renormalise (grimjim's biprojection)."""
+    m = harmless_mean_row.float()
+    m = m / m.norm().clamp(min=1e-12)
+    d = direction - (direction @ m) * m
+    return d / d.norm().clamp(min=1e-12)
 
 
 class EditTargets:
@@ -85,18 +145,44 @@ class EditTargets:
 
 
 def build_edits(
-    targets: EditTargets, directions: torch.Tensor, params: AblationParams, norm_preservation: str
+    targets: EditTargets,
+    directions: DirectionSet | torch.Tensor,
+    params: AblationParams,
+    norm_preservation: str,
+    biprojected: bool = False,
 ) -> dict[ModuleKey, LowRankEdit]:
     """One low-rank edit per (component, layer) with a non-zero weight."""
-    per_layer = layer_directions(directions, params)
+    if isinstance(directions, torch.Tensor):
+        directions = DirectionSet(directions)
+    if biprojected and directions.harmless_mean is None:
+        raise ValueError("biprojection needs the harmless means in directions.pt")
+    sets = directions.refusal_sets()
     edits = {}
     for component, weights in params.layer_weights(targets.n_layers).items():
         for layer, weight in enumerate(weights):
             if weight == 0.0:
                 continue
+            vectors, strengths = [], []
+            for rows, relative in sets:
+                vector = _pick(rows, layer, params)
+                if biprojected:
+                    vector = biproject(vector, directions.harmless_mean[layer + 1])
+                vectors.append(vector)
+                strengths.append(weight * relative)
+            if directions.caa is not None and component == CAA_COMPONENT and directions.caa_strength:
+                vectors.append(_pick(directions.caa, layer, params))
+                strengths.append(-directions.caa_strength)
             key = (component, layer)
-            module = targets.modules[key]
             edits[key] = make_edit(
-                module.weight, [per_layer[layer]], [weight], norm_preservation, targets.stats(key)
+                targets.modules[key].weight, vectors, strengths, norm_preservation, targets.stats(key)
             )
     return edits
+
+
+@dataclass(frozen=True)
+class AbliterationSettings:
+    """The `abliteration` config section."""
+
+    components: list[str] = field(default_factory=lambda: ["attn.o_proj", "mlp.down_proj"])
+    norm_preservation: str = "row"
+    biprojected: bool = False

@@ -107,7 +107,7 @@ class SearchSpace:
     def describe(self) -> dict[str, Any]:
         return {name: repr(dist) for name, dist in self.distributions().items()}
 
-    def to_params(self, values: Mapping[str, Any]) -> AblationParams:
+    def to_params(self, values: Mapping[str, Any], weight_scale: float = 1.0) -> AblationParams:
         """Optuna parameter values -> AblationParams (clamps max_weight at 0; min_weight is a fraction of max)."""
         scope = values.get("direction_scope", self.direction_scopes[0])
         index = values.get("direction_index") if scope == "global" else None
@@ -120,7 +120,7 @@ class SearchSpace:
                 min_weight=float(values[f"{component}.min_weight"]) * max_weight,
                 min_weight_distance=float(values[f"{component}.min_weight_distance"]),
             )
-        return AblationParams(scope, index, kernels)
+        return AblationParams(scope, index, kernels, weight_scale)
 
     def full_strength(self) -> dict[str, Any]:
         """Warm-start point: the latest direction the range allows, weight 1 on every layer of every component."""
@@ -142,6 +142,99 @@ class SearchSpace:
             values[f"{component}.min_weight"] = clip(1.0, ranges["min_weight"])
             values[f"{component}.min_weight_distance"] = ranges["min_weight_distance"][1]
         return values
+
+
+# Generic known-good starting points, in fractions of the last layer index (positions, distances, direction index) and
+# absolute weights; clipped into the configured ranges. Add model-specific ones under search.warm_start.trials.
+PRESETS: tuple[dict[str, Any], ...] = (
+    {
+        "scope": "global",
+        "index": 0.8,
+        "attn.o_proj": (1.0, 0.8, 0.6, 0.5),
+        "mlp.down_proj": (0.0, 0.8, 0.0, 0.1),
+    },
+    {
+        "scope": "global",
+        "index": 0.65,
+        "attn.o_proj": (1.0, 0.7, 0.3, 0.4),
+        "mlp.down_proj": (0.8, 0.7, 0.3, 0.4),
+    },
+    {
+        "scope": "per layer",
+        "index": 0.7,
+        "attn.o_proj": (0.9, 0.75, 0.5, 0.6),
+        "mlp.down_proj": (0.5, 0.75, 0.5, 0.6),
+    },
+)
+
+
+def _clip(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(value, bounds[0]), bounds[1])
+
+
+def preset_values(space: SearchSpace, preset: Mapping[str, Any]) -> dict[str, Any]:
+    last = max(space.n_layers - 1, 1)
+    values: dict[str, Any] = {}
+    if len(space.direction_scopes) > 1:
+        values["direction_scope"] = (
+            preset["scope"] if preset["scope"] in space.direction_scopes else space.direction_scopes[0]
+        )
+    if "global" in space.direction_scopes:
+        values["direction_index"] = _clip(preset["index"] * last, space.direction_index)
+    for component, ranges in space.kernels.items():
+        weight, position, min_fraction, distance = preset[component]
+        values[f"{component}.max_weight"] = _clip(weight, ranges["max_weight"])
+        values[f"{component}.max_weight_position"] = _clip(position * last, ranges["max_weight_position"])
+        values[f"{component}.min_weight"] = _clip(min_fraction, ranges["min_weight"])
+        values[f"{component}.min_weight_distance"] = _clip(distance * last, ranges["min_weight_distance"])
+    return values
+
+
+def previous_best(space: SearchSpace, study_path: str | Path, n: int) -> list[dict[str, Any]]:
+    """The `n` best COMPLETE trials (fewest refusals, then lowest KL) of an earlier study, clipped into this space."""
+    path = Path(study_path)
+    if not path.is_file():
+        raise BrunoError(f"config key 'search.warm_start.previous_study': file not found: {path}")
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{path}")
+    trials = sorted(
+        study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (t.values[1], t.values[0], t.number)
+    )
+    dists = space.distributions()
+    chosen = []
+    for trial in trials[:n]:
+        values = {}
+        for name, dist in dists.items():
+            if name not in trial.params:
+                continue
+            value = trial.params[name]
+            if isinstance(dist, CategoricalDistribution):
+                if value in dist.choices:
+                    values[name] = value
+            else:
+                values[name] = _clip(float(value), (dist.low, dist.high))
+        chosen.append(values)
+    return chosen
+
+
+def warm_start_values(space: SearchSpace, settings: SearchSettings) -> list[dict[str, Any]]:
+    """Parameter sets to enqueue in a new study, in order: full strength, presets / previous study, explicit ones."""
+    warm = settings.warm_start
+    values = [space.full_strength()] if warm.get("full_strength", True) else []
+    if warm.get("use_warm_start_params", False):
+        n = warm.get("warm_start_n_trials", 3)
+        if warm.get("previous_study"):
+            values += previous_best(space, warm["previous_study"], n)
+        else:
+            values += [preset_values(space, p) for p in PRESETS[:n]]
+    known = set(space.distributions())
+    for extra in warm.get("trials", []):
+        unknown = sorted(set(extra) - known)
+        if unknown:
+            raise BrunoError(
+                f"config key 'search.warm_start.trials': unknown parameter(s) {unknown}; known: {sorted(known)}."
+            )
+        values.append(dict(extra))
+    return values
 
 
 def sample(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:

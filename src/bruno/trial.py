@@ -17,7 +17,7 @@ from torch import nn
 
 from bruno.ablation import hooked
 from bruno.model import encode, first_token_logprobs, generate_greedy, kl_divergence, model_device
-from bruno.plan import AblationParams, EditTargets, build_edits
+from bruno.plan import AblationParams, DirectionSet, EditTargets, build_edits
 from bruno.refusal import MarkerDetector
 
 
@@ -38,7 +38,7 @@ class TrialEvaluator:
         self,
         model: nn.Module,
         tokenizer: Any,
-        directions: torch.Tensor,
+        directions: DirectionSet | torch.Tensor,
         components: list[str],
         norm_preservation: str,
         refusal_prompts: Sequence[str],
@@ -47,10 +47,12 @@ class TrialEvaluator:
         batch_size: int,
         max_new_tokens: int,
         detector: MarkerDetector | None = None,
+        biprojected: bool = False,
     ):
         self.model = model
         self.tokenizer = tokenizer
-        self.directions = directions
+        self.directions = directions if isinstance(directions, DirectionSet) else DirectionSet(directions)
+        self.biprojected = biprojected
         self.norm_preservation = norm_preservation
         self.max_new_tokens = max_new_tokens
         self.detector = detector or MarkerDetector()
@@ -67,7 +69,7 @@ class TrialEvaluator:
 
     def evaluate(self, params: AblationParams) -> TrialResult:
         start = time.perf_counter()
-        edits = build_edits(self.targets, self.directions, params, self.norm_preservation)
+        edits = build_edits(self.targets, self.directions, params, self.norm_preservation, self.biprojected)
         with hooked(self.targets.modules, edits):
             t0 = time.perf_counter()
             logprobs = first_token_logprobs(self.model, self.kl_batches)

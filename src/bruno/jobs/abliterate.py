@@ -11,7 +11,7 @@ from bruno.ablation import bake
 from bruno.directions import load_directions
 from bruno.io import atomic_directory, atomic_write_json, directory_hashes, sha256_bytes
 from bruno.model import ModelSettings, load_model
-from bruno.plan import AblationParams, EditTargets, build_edits
+from bruno.plan import AblationParams, AbliterationSettings, DirectionSet, EditTargets, build_edits
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +26,17 @@ def run(
     model_settings: ModelSettings,
     directions_path: str | Path,
     best_trial_path: str | Path,
-    components: list[str],
-    norm_preservation: str,
+    abliteration: AbliterationSettings,
     out_dir: str | Path,
     edit_path: str | Path,
 ) -> dict[str, Any]:
     best = json.loads(Path(best_trial_path).read_text(encoding="utf-8"))
     params = AblationParams.from_dict(best["resolved"])
     model, tokenizer = load_model(model_path, model_settings)
-    directions = load_directions(directions_path)["directions"]
-    targets = EditTargets(model, components)
-    edits = build_edits(targets, directions, params, norm_preservation)
+    payload = load_directions(directions_path)
+    directions = DirectionSet.from_payload(payload)
+    targets = EditTargets(model, abliteration.components)
+    edits = build_edits(targets, directions, params, abliteration.norm_preservation, abliteration.biprojected)
     bake(targets.modules, edits)
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
@@ -46,12 +46,17 @@ def run(
         "variant": best["variant"],
         "trial_number": best["trial_number"],
         "source_model": model_path,
-        "components": components,
-        "norm_preservation": norm_preservation,
+        "components": abliteration.components,
+        "norm_preservation": abliteration.norm_preservation,
+        "biprojected": abliteration.biprojected,
+        "directions_method": payload["metadata"].get("method"),
+        "concept_cones": payload["metadata"].get("concept_cones", {}).get("status"),
+        "caa_applied": "caa_direction" in payload,
+        "calibration_factor": directions.weight_scale,
         "params": params.to_dict(),
         "layer_weights": params.layer_weights(targets.n_layers),
         "edited_matrices": module_names(model, targets, sorted(edits)),
-        "directions_sha256": sha256_bytes(directions.numpy().tobytes()),
+        "directions_sha256": sha256_bytes(directions.primary.numpy().tobytes()),
         "weights_sha256": hashes,
     }
     atomic_write_json(edit_path, record)

@@ -1,4 +1,9 @@
-"""Stage `directions`: per-layer refusal directions from the harmful/harmless train prompts -> directions.pt."""
+"""Stage `directions`: per-layer refusal directions from the harmful/harmless train prompts -> directions.pt.
+
+Depending on the variant's `directions` settings this also computes contrastive-PCA components, a supervised probe, their
+ensemble, concept cones, a CAA compliance direction and the activation-calibration factor — all once, from the base
+model, and stored with what was decided (and why, where a method fell back or was skipped) in the metadata.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,136 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bruno.directions import layer_separation, mean_difference, residual_means, save_directions
+import torch
+
+from bruno.caa import compliance_direction
+from bruno.cones import find_cones
+from bruno.direction_methods import calibration_factor, contrastive_pca, ensemble, probe_directions
+from bruno.directions import layer_separation, mean_difference, save_directions
+from bruno.errors import BrunoError
 from bruno.io import sha256_texts
-from bruno.model import ModelSettings, encode, load_model, model_device
+from bruno.model import ModelSettings, encode, generate_greedy, last_token_residuals, load_model, model_device
 from bruno.prompts import read_prompts
+from bruno.refusal import MarkerDetector
 
 log = logging.getLogger(__name__)
+
+
+def _project(rows: torch.Tensor, harmless_mean: torch.Tensor) -> torch.Tensor:
+    """Projected abliteration for any direction set: remove the component along the harmless mean, renormalise."""
+    unit = harmless_mean / harmless_mean.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    rows = rows - (rows * unit).sum(-1, keepdim=True) * unit
+    return (rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-12)).float()
+
+
+def compute(
+    harmful: torch.Tensor,
+    harmless: torch.Tensor,
+    categories: list[str],
+    settings: Mapping[str, Any],
+    seed: int,
+    refused: list[bool] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """All direction sets from residuals ([n, L+1, d]); returns (tensors, metadata)."""
+    method = settings["direction_method"]
+    harmful_mean, harmless_mean = harmful.double().mean(0), harmless.double().mean(0)
+    orthogonalize = settings["orthogonalize_direction"]
+    mean_diff = mean_difference(harmful_mean, harmless_mean, orthogonalize=False)
+    tensors: dict[str, Any] = {"harmful_mean": harmful_mean.float(), "harmless_mean": harmless_mean.float()}
+    meta: dict[str, Any] = {"method": method, "orthogonalize_direction": orthogonalize}
+    n_components = settings["n_refusal_directions"]
+    if n_components > 1 and method not in ("pca", "ensemble_probe_pca"):
+        raise BrunoError(
+            "config key 'directions.n_refusal_directions' > 1 needs direction_method pca or ensemble_probe_pca."
+        )
+    pca = probe = None
+    if method in ("pca", "ensemble_probe_pca"):
+        pca = contrastive_pca(
+            harmful, harmless, n_components, settings["pca_alpha"], settings["eigenvalue_weight_method"],
+            settings["eigenvalue_weight_temperature"],
+        )  # fmt: skip
+        meta["pca"] = {"eigenvalues": pca.eigenvalues.tolist(), "weights": pca.weights.tolist()}
+    if method in ("probe", "ensemble_probe_pca"):
+        probe = probe_directions(harmful, harmless, seed)
+        meta["probe"] = {"cv_accuracy": probe.cv_accuracy}
+        log.info("probe CV accuracy per layer: %s", [round(a, 3) for a in probe.cv_accuracy])
+    if method == "mean_difference":
+        primary = mean_diff
+    elif method == "pca":
+        primary = pca.components[0]
+    elif method == "probe":
+        primary = probe.directions
+    else:
+        primary = ensemble(
+            probe.directions,
+            pca.components[0],
+            settings["ensemble_weight_probe"],
+            settings["ensemble_weight_pca"],
+        )
+    meta["primary_vs_mean_difference_cosine"] = (primary * mean_diff).sum(-1).tolist()
+
+    def finish(rows: torch.Tensor) -> torch.Tensor:
+        return _project(rows, harmless_mean) if orthogonalize else rows.float()
+
+    tensors["directions"] = finish(primary)
+    if pca is not None and n_components > 1:
+        tensors["extra_directions"] = torch.stack([finish(c) for c in pca.components[1:]])
+        tensors["extra_weights"] = pca.weights[1:].clone()
+
+    if settings["use_concept_cones"]:
+        cones = find_cones(
+            harmful, harmless, categories, settings["n_concept_cones"], settings["min_cone_size"],
+            settings["directions_per_cone"], settings["min_silhouette_score"], settings["cone_layer_fraction"], seed,
+        )  # fmt: skip
+        meta["concept_cones"] = {"status": "used" if cones.accepted else "fallback", "reason": cones.reason,
+                                 "silhouette": cones.silhouette, "cones": cones.info}  # fmt: skip
+        if cones.accepted:
+            n, k = cones.directions.shape[:2]
+            tensors["cone_directions"] = torch.stack(
+                [torch.stack([finish(cones.directions[c, j]) for j in range(k)]) for c in range(n)]
+            )
+            tensors["cone_shares"] = torch.tensor(cones.shares)
+            weights = [1.0] + ([*pca.weights[1:k].tolist()] if pca is not None and k > 1 else [1.0] * (k - 1))
+            tensors["cone_direction_weights"] = torch.tensor(weights[:k])
+            log.info("concept cones: %s", cones.reason)
+        else:
+            log.warning(
+                "concept cones NOT used (%s): falling back to the single %s direction", cones.reason, method
+            )
+    else:
+        meta["concept_cones"] = {"status": "off"}
+
+    if settings["use_caa"]:
+        if refused is None:
+            raise ValueError("CAA needs the base model's refusal verdicts on the harmful train prompts")
+        caa = compliance_direction(
+            harmful, refused, tensors["directions"], settings["caa_min_examples"], settings["caa_max_overlap"]
+        )
+        direction = caa.pop("direction", None)
+        meta["caa"] = {**caa, "strength": settings["caa_addition_strength"]}
+        if direction is not None:
+            tensors["caa_direction"] = direction
+            tensors["caa_strength"] = torch.tensor(float(settings["caa_addition_strength"]))
+        else:
+            log.warning("CAA skipped: %s", caa["reason"])
+    else:
+        meta["caa"] = {"applied": False, "reason": "off"}
+
+    if settings["use_activation_calibration"]:
+        calibration = calibration_factor(
+            harmful, tensors["directions"], settings["activation_calibration_layer_frac"],
+            settings["activation_target_percentile"], settings["activation_calibration_min_factor"],
+            settings["activation_calibration_max_factor"],
+        )  # fmt: skip
+        tensors["calibration_factor"] = torch.tensor(calibration["factor"])
+        meta["calibration"] = calibration
+        log.info(
+            "activation calibration factor %.3f (raw %.3f)", calibration["factor"], calibration["raw_factor"]
+        )
+    else:
+        meta["calibration"] = {"factor": 1.0, "status": "off"}
+    meta["separation"] = layer_separation(harmful_mean, harmless_mean)
+    return tensors, meta
 
 
 def run(
@@ -21,48 +150,37 @@ def run(
     harmful_path: str | Path,
     harmless_path: str | Path,
     settings: Mapping[str, Any],
+    refusal_markers: list[str],
+    seed: int,
     out_path: str | Path,
 ) -> dict[str, Any]:
     model, tokenizer = load_model(model_path, model_settings)
     limit = settings.get("n_train_prompts")
-    harmful = [p.text for p in read_prompts(harmful_path)][:limit]
-    harmless = [p.text for p in read_prompts(harmless_path)][:limit]
-    device = model_device(model)
-    batch = model_settings.batch_size
-    harmful_mean, n_harmful = residual_means(
-        model, encode(tokenizer, harmful, model_settings.system_prompt, batch, device)
+    harmful_prompts = read_prompts(harmful_path)[:limit]
+    harmless_prompts = read_prompts(harmless_path)[:limit]
+    device, batch, system = model_device(model), model_settings.batch_size, model_settings.system_prompt
+    harmful_batches = encode(tokenizer, [p.text for p in harmful_prompts], system, batch, device)
+    harmful = last_token_residuals(model, harmful_batches)
+    harmless = last_token_residuals(
+        model, encode(tokenizer, [p.text for p in harmless_prompts], system, batch, device)
     )
-    harmless_mean, n_harmless = residual_means(
-        model, encode(tokenizer, harmless, model_settings.system_prompt, batch, device)
-    )
-    directions = mean_difference(harmful_mean, harmless_mean, settings["orthogonalize_direction"])
-    metadata = {
-        "model": model_path,
-        "n_layers": directions.shape[0] - 1,
-        "hidden_size": directions.shape[1],
-        "n_harmful": n_harmful,
-        "n_harmless": n_harmless,
-        "harmful_sha256": sha256_texts(harmful),
-        "harmless_sha256": sha256_texts(harmless),
-        "system_prompt": model_settings.system_prompt,
-        "orthogonalize_direction": settings["orthogonalize_direction"],
-        "method": "mean_difference",
-        "separation": layer_separation(harmful_mean, harmless_mean),
-    }
-    save_directions(
-        out_path,
+    refused = None
+    if settings["use_caa"]:
+        responses = generate_greedy(model, tokenizer, harmful_batches, settings["caa_max_new_tokens"])
+        refused = [v.is_refusal for v in MarkerDetector(refusal_markers).classify(responses)]
+    tensors, meta = compute(harmful, harmless, [p.category for p in harmful_prompts], settings, seed, refused)
+    meta.update(
         {
-            "directions": directions,
-            "harmful_mean": harmful_mean.float(),
-            "harmless_mean": harmless_mean.float(),
-            "metadata": metadata,
-        },
+            "model": model_path,
+            "n_layers": harmful.shape[1] - 1,
+            "hidden_size": harmful.shape[2],
+            "n_harmful": len(harmful_prompts),
+            "n_harmless": len(harmless_prompts),
+            "harmful_sha256": sha256_texts(p.text for p in harmful_prompts),
+            "harmless_sha256": sha256_texts(p.text for p in harmless_prompts),
+            "system_prompt": system,
+        }
     )
-    log.info(
-        "directions: %d rows of size %d from %d/%d prompts",
-        directions.shape[0],
-        directions.shape[1],
-        n_harmful,
-        n_harmless,
-    )
-    return metadata
+    save_directions(out_path, {**tensors, "metadata": meta})
+    log.info("directions (%s): %d rows of size %d", meta["method"], harmful.shape[1], harmful.shape[2])
+    return meta

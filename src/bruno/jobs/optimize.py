@@ -9,10 +9,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from bruno.directions import load_directions
 from bruno.errors import BrunoError
 from bruno.io import sha256_bytes, sha256_texts
 from bruno.model import ModelSettings, load_model
+from bruno.plan import AbliterationSettings, DirectionSet
 from bruno.prompts import read_prompts
+from bruno.refusal import MarkerDetector
 from bruno.search import (
     SearchSettings,
     SearchSpace,
@@ -22,6 +25,7 @@ from bruno.search import (
     run_study,
     sample,
     snapshot,
+    warm_start_values,
 )
 from bruno.trial import TrialEvaluator
 
@@ -46,6 +50,11 @@ def _summary(values: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _tensor_hash(payload: dict[str, Any]) -> str:
+    parts = [payload[k].numpy().tobytes() for k in sorted(payload) if hasattr(payload[k], "numpy")]
+    return sha256_bytes(b"".join(parts))
+
+
 def run(
     model_path: str,
     model_settings: ModelSettings,
@@ -53,35 +62,32 @@ def run(
     harmful_val_path: str | Path,
     harmless_val_path: str | Path,
     settings: SearchSettings,
-    components: list[str],
-    norm_preservation: str,
+    abliteration: AbliterationSettings,
     refusal_markers: list[str],
     seed: int,
     work_db: str | Path,
     out_db: str | Path,
 ) -> dict[str, Any]:
-    from bruno.directions import load_directions
-    from bruno.refusal import MarkerDetector
-
     model, tokenizer = load_model(model_path, model_settings)
     payload = load_directions(directions_path)
-    directions = payload["directions"]
+    directions = DirectionSet.from_payload(payload)
     refusal_prompts = [p.text for p in read_prompts(harmful_val_path)][: settings.n_refusal_prompts]
     kl_prompts = [p.text for p in read_prompts(harmless_val_path)][: settings.n_kl_prompts]
     evaluator = TrialEvaluator(
         model,
         tokenizer,
         directions,
-        components,
-        norm_preservation,
+        abliteration.components,
+        abliteration.norm_preservation,
         refusal_prompts,
         kl_prompts,
         model_settings.system_prompt,
         settings.batch_size,
         settings.max_new_tokens,
         MarkerDetector(refusal_markers),
+        biprojected=abliteration.biprojected,
     )
-    space = SearchSpace.resolve(settings, evaluator.n_layers, components)
+    space = SearchSpace.resolve(settings, evaluator.n_layers, abliteration.components)
     for name, dist in space.distributions().items():
         if hasattr(dist, "low") and dist.low > dist.high:
             raise BrunoError(
@@ -90,14 +96,17 @@ def run(
     fingerprint = {
         "search_space": space.describe(),
         "objectives": OBJECTIVES,
-        "directions": sha256_bytes(directions.numpy().tobytes()),
+        "directions": _tensor_hash(payload),
         "model": model_path,
         "refusal_prompts": sha256_texts(refusal_prompts),
         "kl_prompts": sha256_texts(kl_prompts),
         "system_prompt": model_settings.system_prompt or "",
         "max_new_tokens": settings.max_new_tokens,
-        "components": components,
-        "norm_preservation": norm_preservation,
+        "abliteration": {
+            "components": abliteration.components,
+            "norm_preservation": abliteration.norm_preservation,
+            "biprojected": abliteration.biprojected,
+        },  # fmt: skip
         "refusal_markers": sha256_texts(refusal_markers),
     }
     sampler = optuna.samplers.TPESampler(
@@ -108,15 +117,7 @@ def run(
     )
     study = open_study(work_db, fingerprint, len(OBJECTIVES), sampler)
     if not study.trials:
-        known = set(space.distributions())
-        warm = [space.full_strength()] if settings.warm_start.get("full_strength", True) else []
-        for extra in settings.warm_start.get("trials", []):
-            unknown = sorted(set(extra) - known)
-            if unknown:
-                raise BrunoError(
-                    f"config key 'search.warm_start.trials': unknown parameter(s) {unknown}; known: {sorted(known)}."
-                )
-            warm.append(extra)
+        warm = warm_start_values(space, settings)
         for values in warm:
             study.enqueue_trial(values, skip_if_exists=True)
         log.info("new study: enqueued %d warm-start trial(s)", len(warm))
@@ -129,7 +130,7 @@ def run(
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         values = sample(trial, space)
-        params = space.to_params(values)
+        params = space.to_params(values, directions.weight_scale)
         result = evaluator.evaluate(params)
         trial.set_user_attr("resolved", params.to_dict())
         trial.set_user_attr("layer_weights", params.layer_weights(evaluator.n_layers))
