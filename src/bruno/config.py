@@ -116,3 +116,28 @@ def settings_from_dict(cls: type[T], values: Mapping[str, Any], section: str) ->
     if unknown:
         raise BrunoError(f"config section '{section}': unknown key(s) {', '.join(unknown)}.")
     return cls(**{k: copy.deepcopy(v) for k, v in values.items()})
+
+
+def expand_replicates(
+    variants: dict[str, dict[str, Any]], replicates: int, seed: int
+) -> dict[str, tuple[str, int]]:
+    """Add replicate instances `{name}_rep{k}` (k = 1 .. replicates-1) of every variant, in place.
+
+    A replicate differs only in its seeds: search (sampler, k-means, probe folds) and healing seeds are offset by k.
+    Replicate 0 keeps the plain variant name, so one replicate changes nothing. Returns {instance: (variant, k)}."""
+    origin: dict[str, tuple[str, int]] = {name: (name, 0) for name in variants}
+    for name in list(variants):
+        for k in range(1, replicates):
+            instance = f"{name}_rep{k}"
+            if instance in variants:
+                raise BrunoError(
+                    f"config key 'variants.{instance}': the name is reserved for replicate {k} of '{name}'."
+                )
+            merged = copy.deepcopy(variants[name])
+            for section in ("search", "healing"):
+                if section in merged:
+                    base = merged[section].get("seed")
+                    merged[section]["seed"] = (seed if base is None else base) + k
+            variants[instance] = merged
+            origin[instance] = (name, k)
+    return origin
