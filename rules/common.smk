@@ -14,20 +14,22 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != SRC]
 )
 
-from bruno.config import resolve_variants, validate_config
+from bruno.config import expand_replicates, resolve_variants, validate_config
 from bruno.errors import BrunoError
 
 SCHEMA = REPO / "config" / "schema.yaml"
 try:
     validate_config(config, SCHEMA)
     VARIANTS = resolve_variants(config, SCHEMA)
+    # {instance: (variant, replicate index)}; replicates > 1 adds `{variant}_rep{k}` instances with offset seeds.
+    REPLICATE_OF = expand_replicates(VARIANTS, config["replicates"], config["seed"])
 except BrunoError as error:
     raise WorkflowError(str(error)) from None
 
 if "base" in VARIANTS:
     raise WorkflowError("config key 'variants.base': 'base' is reserved for the unedited model; rename the variant.")
 
-STAGES = ["ablated"]
+STAGES = ["ablated", "healed"]
 SETS = ["harmful", "harmless"]
 SPLITS = ["train", "val", "test"]
 IS_ORGANISM = config["model"]["name"] == "organism"
@@ -37,6 +39,7 @@ MODEL_PATH = "results/organism" if IS_ORGANISM else config["model"]["name"]
 wildcard_constraints:
     variant="|".join(VARIANTS),
     stage="|".join(STAGES),
+    worker=r"\d+",
 
 
 def check_prompt_sources():
@@ -85,6 +88,20 @@ def get_base_model():
     return [MODEL_PATH] if Path(MODEL_PATH).exists() else []
 
 
+def variant_stages(variant):
+    """The edited-model stages a variant produces: the healed model only where healing is enabled for it."""
+    healing = VARIANTS[variant]["healing"]["enable_post_abliteration_finetuning"]
+    return ["ablated", "healed"] if healing else ["ablated"]
+
+
+def get_stage_metrics(wildcards=None):
+    return [
+        f"results/eval/{variant}/{stage}/metrics.json"
+        for variant in VARIANTS
+        for stage in variant_stages(variant)
+    ]
+
+
 def get_stage_model(wildcards):
     return f"results/{wildcards.variant}/{wildcards.stage}"
 
@@ -94,8 +111,38 @@ def prompt_file(set_name, split):
 
 
 def get_final_outputs():
-    outputs = ["results/report.html", "results/eval/base/metrics.json"]
+    outputs = ["results/report.html", "results/ab_summary.csv", "results/eval/base/metrics.json"]
     for variant in VARIANTS:
         outputs.append(f"results/{variant}/best_trial.json")
-        outputs += [f"results/eval/{variant}/{stage}/metrics.json" for stage in STAGES]
-    return outputs
+    return outputs + get_stage_metrics()
+
+
+def get_ab_runs():
+    """What ab_summary reads for every variant instance (paths are inputs of the rule through the expansions)."""
+    return [
+        {
+            "instance": instance,
+            "variant": REPLICATE_OF[instance][0],
+            "replicate": REPLICATE_OF[instance][1],
+            "study": f"results/{instance}/study.db",
+            "directions": f"results/{instance}/directions.pt",
+            "benchmark": f"benchmarks/optimize/{instance}.tsv",
+            "metrics": {stage: f"results/eval/{instance}/{stage}/metrics.json" for stage in variant_stages(instance)},
+        }
+        for instance in VARIANTS
+    ]
+
+
+def get_optimize_inputs(wildcards):
+    """One worker: the search inputs. Several: the workers' sentinels (the job only writes the snapshot)."""
+    workers = VARIANTS[wildcards.variant]["search"]["optimize_workers"]
+    if workers > 1:
+        return {
+            "workers": expand("results/{variant}/optuna/worker{worker}.done", variant=wildcards.variant, worker=range(workers))
+        }
+    return {
+        "model": get_base_model(),
+        "directions": f"results/{wildcards.variant}/directions.pt",
+        "harmful": prompt_file("harmful", "val"),
+        "harmless": prompt_file("harmless", "val"),
+    }

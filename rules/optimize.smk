@@ -1,9 +1,73 @@
-rule optimize:
+# The search. With search.optimize_workers = 1 the `optimize` job runs the whole study on SQLite. With N > 1,
+# `init_study` creates a journal-file study once, N `optimize_worker` jobs share it (e.g. one GPU job each on a
+# cluster), and `optimize` only writes the SQLite snapshot. The working study is never an `output:`, so a failed or
+# killed job never deletes its trials: rerunning resumes it.
+
+
+rule init_study:
     input:
         model=get_base_model(),
         directions="results/{variant}/directions.pt",
         harmful=prompt_file("harmful", "val"),
         harmless=prompt_file("harmless", "val"),
+    output:
+        touch("results/{variant}/optuna/init.done"),
+    log:
+        "logs/init_study/{variant}.log",
+    conda:
+        "../envs/bruno.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=30,
+        gpu=1,
+    params:
+        journal="results/{variant}/optuna/journal.log",
+        model_path=MODEL_PATH,
+        model=config["model"],
+        search=variant_section("search"),
+        abliteration=variant_section("abliteration"),
+        refusal_markers=config["evaluation"]["refusal_markers"],
+        seed=variant_seed,
+    script:
+        "../scripts/optimize.py"
+
+
+rule optimize_worker:
+    input:
+        init="results/{variant}/optuna/init.done",
+        model=get_base_model(),
+        directions="results/{variant}/directions.pt",
+        harmful=prompt_file("harmful", "val"),
+        harmless=prompt_file("harmless", "val"),
+    output:
+        touch("results/{variant}/optuna/worker{worker}.done"),
+    log:
+        "logs/optimize_worker/{variant}_{worker}.log",
+    benchmark:
+        "benchmarks/optimize_worker/{variant}_{worker}.tsv"
+    conda:
+        "../envs/bruno.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=720,
+        gpu=1,
+    params:
+        journal="results/{variant}/optuna/journal.log",
+        model_path=MODEL_PATH,
+        model=config["model"],
+        search=variant_section("search"),
+        abliteration=variant_section("abliteration"),
+        refusal_markers=config["evaluation"]["refusal_markers"],
+        seed=variant_seed,
+    script:
+        "../scripts/optimize.py"
+
+
+rule optimize:
+    input:
+        unpack(get_optimize_inputs),
     output:
         study="results/{variant}/study.db",
     log:
@@ -18,8 +82,8 @@ rule optimize:
         runtime=720,
         gpu=1,
     params:
-        # The working study lives outside `output:` so a failed or killed job never deletes its trials.
         work_db="results/{variant}/optuna/work.db",
+        journal="results/{variant}/optuna/journal.log",
         model_path=MODEL_PATH,
         model=config["model"],
         search=variant_section("search"),

@@ -1,7 +1,7 @@
 rule report:
     input:
         base="results/eval/base/metrics.json",
-        stages=expand("results/eval/{variant}/{stage}/metrics.json", variant=VARIANTS, stage=STAGES),
+        stages=get_stage_metrics(),
         best=expand("results/{variant}/best_trial.json", variant=VARIANTS),
     output:
         report(
@@ -16,7 +16,7 @@ rule report:
         "../envs/bruno.yaml"
     params:
         variants=list(VARIANTS),
-        stages=STAGES,
+        stages={variant: variant_stages(variant) for variant in VARIANTS},
         config=config,
     script:
         "../scripts/report.py"

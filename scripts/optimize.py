@@ -1,28 +1,36 @@
-"""Snakemake script for rule `optimize`."""
+"""Snakemake script for rules `optimize`, `init_study` and `optimize_worker`."""
 
 from bruno.runtime import run_job
 
 
 def main(snakemake, log):
     from bruno.config import settings_from_dict
-    from bruno.jobs.optimize import run
+    from bruno.jobs import optimize
     from bruno.model import ModelSettings
     from bruno.plan import AbliterationSettings
     from bruno.search import SearchSettings
 
-    run(
+    settings = settings_from_dict(SearchSettings, snakemake.params.search, "search")
+    if snakemake.rule == "optimize" and settings.optimize_workers > 1:
+        optimize.snapshot_only(snakemake.params.journal, snakemake.output.study)
+        return
+    ctx = optimize.prepare(
         model_path=snakemake.params.model_path,
         model_settings=settings_from_dict(ModelSettings, snakemake.params.model, "model"),
         directions_path=snakemake.input.directions,
         harmful_val_path=snakemake.input.harmful,
         harmless_val_path=snakemake.input.harmless,
-        settings=settings_from_dict(SearchSettings, snakemake.params.search, "search"),
+        settings=settings,
         abliteration=settings_from_dict(AbliterationSettings, snakemake.params.abliteration, "abliteration"),
         refusal_markers=snakemake.params.refusal_markers,
-        seed=snakemake.params.seed,
-        work_db=snakemake.params.work_db,
-        out_db=snakemake.output.study,
     )
+    seed = snakemake.params.seed
+    if snakemake.rule == "init_study":
+        optimize.init(ctx, seed, snakemake.params.journal)
+    elif snakemake.rule == "optimize_worker":
+        optimize.work(ctx, seed, snakemake.params.journal, int(snakemake.wildcards.worker))
+    else:
+        optimize.run(ctx, seed, snakemake.params.work_db, snakemake.output.study)
 
 
 run_job(snakemake, main)

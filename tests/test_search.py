@@ -128,18 +128,24 @@ DRIVER = textwrap.dedent(
     """
     import sys
     import torch
-    from bruno.jobs.optimize import run
+    from bruno.jobs import optimize
     from bruno.model import ModelSettings
     from bruno.search import SearchSettings
     from bruno.plan import AbliterationSettings
     import json
     args = json.loads(sys.argv[1])
     torch.set_num_threads(1)
-    run(model_path=args["model"], model_settings=ModelSettings(), directions_path=args["directions"],
+    ctx = optimize.prepare(model_path=args["model"], model_settings=ModelSettings(), directions_path=args["directions"],
         harmful_val_path=args["harmful"], harmless_val_path=args["harmless"],
         settings=SearchSettings(n_trials=args["n_trials"], n_startup_trials=3, ranges=args["ranges"], max_new_tokens=args["tokens"]),
-        abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"],
-        seed=0, work_db=args["work"], out_db=args["out"])
+        abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"])
+    mode = args.get("mode", "single")
+    if mode == "single":
+        optimize.run(ctx, seed=0, work_db=args["work"], out_db=args["out"])
+    elif mode == "init":
+        optimize.init(ctx, seed=0, journal=args["journal"])
+    else:
+        optimize.work(ctx, seed=0, journal=args["journal"], worker=args["worker"])
     """
 )
 
@@ -225,3 +231,26 @@ def test_same_seed_same_trials(search_inputs, tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     values_b = [(t.params, t.values) for t in _trials(tmp_path / "work2.db")]
     assert values_a == values_b
+
+
+def test_parallel_workers_share_one_journal_study(search_inputs, tmp_path):
+    from bruno.search import snapshot
+
+    journal = str(tmp_path / "journal.log")
+    init = search_inputs.run(n_trials=6, tokens=4, mode="init", journal=journal)
+    assert init.returncode == 0, init.stderr[-2000:]
+    workers = [
+        search_inputs.popen(n_trials=6, tokens=4, mode="worker", journal=journal, worker=w) for w in (0, 1)
+    ]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0]
+    snapshot(journal, tmp_path / "merged.db")
+    trials = _trials(tmp_path / "merged.db")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert 6 <= len(complete) <= 7  # MaxTrialsCallback may overshoot by workers - 1
+    assert {t.user_attrs["worker"] for t in complete} == {0, 1}
+    assert (
+        complete[0].params
+        == optuna.load_study(study_name="abliteration", storage=f"sqlite:///{tmp_path / 'merged.db'}")
+        .trials[0]
+        .params
+    )

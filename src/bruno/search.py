@@ -48,6 +48,7 @@ class SearchSettings:
     max_new_tokens: int = 100
     batch_size: int = 64
     max_failed_trials: int = 20
+    optimize_workers: int = 1
 
 
 class TrialFailed(Exception):
@@ -247,28 +248,40 @@ def sample(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return values
 
 
-def open_study(
+def make_storage(path: str | Path) -> optuna.storages.BaseStorage:
+    """SQLite (`*.db`, one worker) or an append-only journal file (`*.log`, several workers on a shared filesystem)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".db":
+        return optuna.storages.RDBStorage(
+            f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": 60}}
+        )
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    return optuna.storages.JournalStorage(
+        JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+    )
+
+
+def create_or_check_study(
     storage_path: str | Path,
     fingerprint: Mapping[str, Any],
-    n_objectives: int,
+    objectives: list[str],
     sampler: optuna.samplers.BaseSampler,
-) -> optuna.Study:
-    """Create the study, or load it and check its fingerprint; stale RUNNING trials become FAIL."""
-    storage_path = Path(storage_path)
-    storage_path.parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{storage_path}", engine_kwargs={"connect_args": {"timeout": 60}}
-    )
+) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it and check its fingerprint. Returns (study, created)."""
+    storage = make_storage(storage_path)
     digest = sha256_json(fingerprint)
     try:
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
     except KeyError:
         study = optuna.create_study(
-            study_name=STUDY_NAME, storage=storage, sampler=sampler, directions=["minimize"] * n_objectives
+            study_name=STUDY_NAME, storage=storage, sampler=sampler, directions=["minimize"] * len(objectives)
         )
         study.set_user_attr("fingerprint", digest)
         study.set_user_attr("fingerprint_inputs", dict(fingerprint))
-        return study
+        study.set_user_attr("objectives", list(objectives))
+        return study, True
     stored = study.user_attrs.get("fingerprint")
     if stored != digest:
         old = study.user_attrs.get("fingerprint_inputs", {})
@@ -278,7 +291,16 @@ def open_study(
             f"Its trials cannot be mixed with the new ones: delete {storage_path} to start a new search, "
             "or restore the previous config to resume it."
         )
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return study, False
+
+
+def fail_stale_trials(study: optuna.Study, worker: int | None = None) -> list[int]:
+    """Mark RUNNING trials left by a killed run as FAIL: all of them (one worker), or those of this worker index."""
+    stale = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if worker is None or t.user_attrs.get("worker") == worker
+    ]
     for trial in stale:
         study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker died (left RUNNING)")
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -288,6 +310,21 @@ def open_study(
             len(stale),
             [t.number for t in stale],
         )
+    return [t.number for t in stale]
+
+
+def open_study(
+    storage_path: str | Path,
+    fingerprint: Mapping[str, Any],
+    n_objectives: int,
+    sampler: optuna.samplers.BaseSampler,
+) -> optuna.Study:
+    """Single-worker study: create or resume (fingerprint checked); stale RUNNING trials become FAIL."""
+    study, created = create_or_check_study(
+        storage_path, fingerprint, [f"objective_{i}" for i in range(n_objectives)], sampler
+    )
+    if not created:
+        fail_stale_trials(study)
     return study
 
 
@@ -301,10 +338,14 @@ def run_study(
     n_trials: int,
     max_failed_trials: int,
 ) -> None:
-    """Run until `n_trials` trials are COMPLETE; stop with an error after `max_failed_trials` failures in this run."""
+    """Run until `n_trials` trials are COMPLETE (counting every worker's); stop with an error after
+    `max_failed_trials` failures in this run."""
     failed_before = count(study, TrialState.FAIL)
+    cap = optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
     while (remaining := n_trials - count(study, TrialState.COMPLETE)) > 0:
-        study.optimize(objective, n_trials=remaining, catch=(TrialFailed,), gc_after_trial=False)
+        study.optimize(
+            objective, n_trials=remaining, catch=(TrialFailed,), gc_after_trial=False, callbacks=[cap]
+        )
         failed = count(study, TrialState.FAIL) - failed_before
         if failed >= max_failed_trials:
             reasons = [
@@ -317,7 +358,16 @@ def run_study(
 
 
 def snapshot(storage_path: str | Path, out_path: str | Path) -> None:
-    """A consistent copy of the working SQLite study (sqlite3 online backup), written atomically."""
+    """A consistent SQLite copy of the working study (sqlite3 online backup, or a copy of a journal), written atomically."""
+    if Path(storage_path).suffix != ".db":
+        with atomic_path(out_path) as tmp:
+            tmp.unlink()
+            optuna.copy_study(
+                from_study_name=STUDY_NAME,
+                from_storage=make_storage(storage_path),
+                to_storage=f"sqlite:///{tmp}",
+            )
+        return
     with atomic_path(out_path) as tmp:
         src = sqlite3.connect(str(storage_path))
         dst = sqlite3.connect(str(tmp))

@@ -1,8 +1,15 @@
-"""Stage `optimize`: the resumable Optuna search; writes a consistent snapshot of the study when it ends."""
+"""Stage `optimize`: the resumable Optuna search.
+
+One worker (default): the job creates or resumes a SQLite study and runs it to `n_trials` COMPLETE trials.
+Several workers (`search.optimize_workers` > 1, e.g. one GPU job each on a cluster): `init` creates a journal-file study
+once (safe on shared filesystems) and enqueues the warm start, `work` runs one worker (seed + worker index; trials counted
+across all workers), `snapshot_only` writes the SQLite snapshot when all workers are done.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +28,8 @@ from bruno.search import (
     SearchSpace,
     TrialFailed,
     count,
-    open_study,
+    create_or_check_study,
+    fail_stale_trials,
     run_study,
     sample,
     snapshot,
@@ -55,7 +63,16 @@ def _tensor_hash(payload: dict[str, Any]) -> str:
     return sha256_bytes(b"".join(parts))
 
 
-def run(
+@dataclass
+class SearchContext:
+    evaluator: TrialEvaluator
+    directions: DirectionSet
+    space: SearchSpace
+    fingerprint: dict[str, Any]
+    settings: SearchSettings
+
+
+def prepare(
     model_path: str,
     model_settings: ModelSettings,
     directions_path: str | Path,
@@ -64,10 +81,8 @@ def run(
     settings: SearchSettings,
     abliteration: AbliterationSettings,
     refusal_markers: list[str],
-    seed: int,
-    work_db: str | Path,
-    out_db: str | Path,
-) -> dict[str, Any]:
+) -> SearchContext:
+    """Load the model once and everything a trial needs that never changes between trials."""
     model, tokenizer = load_model(model_path, model_settings)
     payload = load_directions(directions_path)
     directions = DirectionSet.from_payload(payload)
@@ -109,28 +124,38 @@ def run(
         },  # fmt: skip
         "refusal_markers": sha256_texts(refusal_markers),
     }
-    sampler = optuna.samplers.TPESampler(
+    return SearchContext(evaluator, directions, space, fingerprint, settings)
+
+
+def _sampler(settings: SearchSettings, seed: int) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(
         multivariate=True,
         seed=seed,
         n_startup_trials=settings.n_startup_trials,
         n_ei_candidates=settings.n_ei_candidates,
     )
-    study = open_study(work_db, fingerprint, len(OBJECTIVES), sampler)
-    if not study.trials:
-        warm = warm_start_values(space, settings)
+
+
+def _open(ctx: SearchContext, storage_path: str | Path, seed: int) -> tuple[optuna.Study, bool]:
+    study, created = create_or_check_study(
+        storage_path, ctx.fingerprint, OBJECTIVES, _sampler(ctx.settings, seed)
+    )
+    if created:
+        warm = warm_start_values(ctx.space, ctx.settings)
         for values in warm:
             study.enqueue_trial(values, skip_if_exists=True)
         log.info("new study: enqueued %d warm-start trial(s)", len(warm))
-    else:
-        log.info(
-            "resuming study: %d COMPLETE, %d FAIL",
-            count(study, TrialState.COMPLETE),
-            count(study, TrialState.FAIL),
-        )
+    return study, created
+
+
+def _objective(ctx: SearchContext, study: optuna.Study, worker: int | None):
+    evaluator, settings = ctx.evaluator, ctx.settings
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        values = sample(trial, space)
-        params = space.to_params(values, directions.weight_scale)
+        if worker is not None:
+            trial.set_user_attr("worker", worker)
+        values = sample(trial, ctx.space)
+        params = ctx.space.to_params(values, ctx.directions.weight_scale)
         result = evaluator.evaluate(params)
         trial.set_user_attr("resolved", params.to_dict())
         trial.set_user_attr("layer_weights", params.layer_weights(evaluator.n_layers))
@@ -151,9 +176,46 @@ def run(
             raise TrialFailed("non-finite KL divergence")
         return result.kl_divergence, result.refusal_rate
 
+    return objective
+
+
+def run(ctx: SearchContext, seed: int, work_db: str | Path, out_db: str | Path) -> dict[str, Any]:
+    """One worker: create or resume the SQLite study, run it to n_trials COMPLETE, write the snapshot."""
+    study, created = _open(ctx, work_db, seed)
+    if not created:
+        fail_stale_trials(study)
+        log.info(
+            "resuming study: %d COMPLETE, %d FAIL",
+            count(study, TrialState.COMPLETE),
+            count(study, TrialState.FAIL),
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_study(study, objective, settings.n_trials, settings.max_failed_trials)
+    run_study(study, _objective(ctx, study, None), ctx.settings.n_trials, ctx.settings.max_failed_trials)
     snapshot(work_db, out_db)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    log.info("search done: %d COMPLETE trials, snapshot %s", len(complete), out_db)
-    return {"complete": len(complete)}
+    complete = count(study, TrialState.COMPLETE)
+    log.info("search done: %d COMPLETE trials, snapshot %s", complete, out_db)
+    return {"complete": complete}
+
+
+def init(ctx: SearchContext, seed: int, journal: str | Path) -> None:
+    """Several workers: create the journal study once (before any worker starts) with its warm start."""
+    _open(ctx, journal, seed)
+
+
+def work(ctx: SearchContext, seed: int, journal: str | Path, worker: int) -> dict[str, Any]:
+    """Several workers: run trials until the study holds n_trials COMPLETE trials from all workers."""
+    study, _ = create_or_check_study(
+        journal, ctx.fingerprint, OBJECTIVES, _sampler(ctx.settings, seed + worker)
+    )
+    fail_stale_trials(study, worker=worker)  # only this worker's: the others may be running
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_study(study, _objective(ctx, study, worker), ctx.settings.n_trials, ctx.settings.max_failed_trials)
+    mine = [
+        t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("worker") == worker
+    ]
+    log.info("worker %d done: %d of its trials COMPLETE", worker, len(mine))
+    return {"complete": len(mine)}
+
+
+def snapshot_only(journal: str | Path, out_db: str | Path) -> None:
+    snapshot(journal, out_db)

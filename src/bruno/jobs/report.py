@@ -1,45 +1,44 @@
-"""Stage `report`: a minimal self-contained HTML summary (the full comparison report replaces it)."""
+"""Stage `report`: the self-contained HTML comparison report across variants -> results/report.html.
+
+It reads the results tree (see DESIGN.md, "Results layout"), so every file it shows is an input of the rule; parts of
+the pipeline that are disabled (healing, concept cones, the A/B summary, hallucination …) are stated as such on the page.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, StrictUndefined
-
 from bruno.io import atomic_write_text
+from bruno.report.render import ReportInputs, build_report
 
-TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>Bruno report</title></head><body>
-<h1>Abliteration report</h1><p>Model: {{ model }}</p>
-<table border="1"><tr><th>stage</th><th>harmful refusal</th><th>harmless refusal</th><th>KL</th></tr>
-{% for row in rows %}<tr><td>{{ row.stage }}</td><td>{{ row.harmful }}</td><td>{{ row.harmless }}</td><td>{{ row.kl }}</td></tr>
-{% endfor %}</table></body></html>"""
-
-
-def _fmt(metric: dict[str, Any]) -> str:
-    if metric.get("value") is None:
-        return "n/a"
-    lo, hi = metric["ci95"]
-    return f"{metric['value']:.3f} [{lo:.3f}, {hi:.3f}] (n={metric['n']})"
+log = logging.getLogger(__name__)
 
 
 def run(
-    base_metrics: str, variants: list[str], stages: list[str], config: dict[str, Any], out_path: str | Path
-) -> None:
-    paths = [("base", Path(base_metrics))] + [
-        (f"{v}/{s}", Path(f"results/eval/{v}/{s}/metrics.json")) for v in variants for s in stages
-    ]
-    rows = []
-    for stage, path in paths:
-        m = json.loads(path.read_text(encoding="utf-8"))
-        rows.append(
-            {
-                "stage": stage,
-                "harmful": _fmt(m["refusal_rate_harmful"]),
-                "harmless": _fmt(m["refusal_rate_harmless"]),
-                "kl": _fmt(m["kl_divergence"]),
-            }
-        )
-    env = Environment(autoescape=True, undefined=StrictUndefined)
-    atomic_write_text(out_path, env.from_string(TEMPLATE).render(model=config["model"]["name"], rows=rows))
+    results_dir: str | Path,
+    benchmarks_dir: str | Path,
+    variants: Mapping[str, Mapping[str, Any]],
+    stages: Mapping[str, Sequence[str]],
+    config: Mapping[str, Any],
+    out_path: str | Path,
+    replicate_of: Mapping[str, Sequence[Any]] | None = None,
+    n_samples: int = 3,
+) -> str:
+    """Render the report; `variants` maps each variant instance to its resolved config (display order = key order),
+    `stages` to its enabled edited stages, `replicate_of` to (variant, replicate index). Returns the HTML."""
+    inputs = ReportInputs(
+        results_dir=Path(results_dir),
+        benchmarks_dir=Path(benchmarks_dir),
+        config=config,
+        variants=variants,
+        stages=stages,
+        replicate_of=replicate_of or {},
+        n_samples=n_samples,
+    )
+    html = build_report(inputs, out_path)
+    atomic_write_text(out_path, html)
+    log.info("report: %s (%.0f kB)", out_path, len(html.encode("utf-8")) / 1024)
+    return html
