@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: venv venv-dev run test lint format clean-results
+.PHONY: venv venv-dev run test test-slurm lint format clean-results
 
 venv: $(VENV)/.runtime-installed
 venv-dev: $(VENV)/.dev-installed
@@ -31,6 +31,25 @@ run: venv
 
 test: venv-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# A one-node SLURM cluster on this machine (root; installs Debian's slurm packages when missing), the reduced pipeline
+# through profiles/slurm under a hard timeout (a mis-set status command makes the plugin wait forever), the time
+# printed; the daemons this run started are always stopped again, by PID.
+SLURM_TIMEOUT ?= 540
+test-slurm: venv-dev
+	@record=$$(mktemp); start=$$(date +%s); rc=1; \
+	finish() { BRUNO_SLURM_RECORD=$$record tools/slurm/stop.sh; rm -f $$record; \
+		echo "make test-slurm: $$(( $$(date +%s) - start )) s including cluster start and stop (exit $$rc)"; }; \
+	trap finish EXIT; \
+	BRUNO_SLURM_RECORD=$$record tools/slurm/start.sh && \
+		BRUNO_SLURM_TEST=1 timeout --kill-after=20 $(SLURM_TIMEOUT) $(BIN)/pytest -s -m slurm tests/test_slurm.py $(PYTEST_ARGS); \
+	rc=$$?; exit $$rc
+
+# Trial-throughput benchmark (a measurement, not a test): trains the organism if needed, prints a table and writes
+# results/bench/bench.json. BENCH_ARGS=--large adds a random-initialised ~300M-parameter model.
+bench: venv
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile none results/organism results/prompts/manifest.json
+	$(BIN)/python -m bruno.bench --model results/organism $(BENCH_ARGS)
 
 lint: venv-dev
 	$(BIN)/ruff check src scripts tests

@@ -13,7 +13,9 @@ include: "rules/organism.smk"
 include: "rules/directions.smk"
 include: "rules/optimize.smk"
 include: "rules/abliterate.smk"
+include: "rules/heal.smk"
 include: "rules/evaluate.smk"
+include: "rules/summary.smk"
 include: "rules/report.smk"
 
 

@@ -12,13 +12,13 @@ rule abliterate:
         "benchmarks/abliterate/{variant}.tsv"
     conda:
         "../envs/bruno.yaml"
-    threads: workflow.cores
+    threads: MODEL_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=60,
         gpu=1,
     params:
-        model_path=MODEL_PATH,
+        model_path=get_model_path,
         model=config["model"],
         abliteration=variant_section("abliteration"),
     script:

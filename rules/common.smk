@@ -9,17 +9,40 @@ REPO = Path(workflow.basedir)
 SRC = str(REPO / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
-# Jobs (scripts, also under conda or SLURM) import the library from the working tree.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != SRC]
-)
 
 from bruno.config import expand_replicates, resolve_variants, validate_config
 from bruno.errors import BrunoError
 
 SCHEMA = REPO / "config" / "schema.yaml"
+
+
+def resolve_shipped_paths(evaluation):
+    """Relative evaluation data paths missing in the working directory are taken from the repository (shipped data/)."""
+
+    def resolve(path):
+        if (
+            Path(path).is_absolute()
+            or Path(path).exists()
+            or not (REPO / path).exists()
+        ):
+            return path
+        return str(REPO / path)
+
+    sources = [
+        evaluation["borderline"],
+        evaluation["mmlu"]["source"],
+        evaluation["hallucination"]["source"],
+    ]
+    for source in sources:
+        if source and "path" in source:
+            source["path"] = resolve(source["path"])
+    detector = evaluation["neural_detector"]
+    detector["labels_path"] = resolve(detector["labels_path"])
+
+
 try:
     validate_config(config, SCHEMA)
+    resolve_shipped_paths(config["evaluation"])
     VARIANTS = resolve_variants(config, SCHEMA)
     # {instance: (variant, replicate index)}; replicates > 1 adds `{variant}_rep{k}` instances with offset seeds.
     REPLICATE_OF = expand_replicates(VARIANTS, config["replicates"], config["seed"])
@@ -27,12 +50,16 @@ except BrunoError as error:
     raise WorkflowError(str(error)) from None
 
 if "base" in VARIANTS:
-    raise WorkflowError("config key 'variants.base': 'base' is reserved for the unedited model; rename the variant.")
+    raise WorkflowError(
+        "config key 'variants.base': 'base' is reserved for the unedited model; rename the variant."
+    )
 
 STAGES = ["ablated", "healed"]
 SETS = ["harmful", "harmless"]
 SPLITS = ["train", "val", "test"]
 IS_ORGANISM = config["model"]["name"] == "organism"
+# Threads of every model job (torch threads). Override per rule with --set-threads.
+MODEL_JOB_THREADS = workflow.cores
 MODEL_PATH = "results/organism" if IS_ORGANISM else config["model"]["name"]
 
 
@@ -71,14 +98,34 @@ def variant_seed(wildcards):
 
 
 def get_prompt_sources(wildcards=None):
-    return sorted(
-        {
-            source["path"]
-            for spec in config["data"].values()
-            for source in (spec or {}).values()
-            if source and "path" in source
-        }
+    sources = [
+        source for spec in config["data"].values() for source in (spec or {}).values()
+    ] + [config["evaluation"]["borderline"]]
+    return sorted({source["path"] for source in sources if source and "path" in source})
+
+
+def get_borderline_output():
+    """The test-only borderline prompt file of rule `prompts`, when evaluation.borderline is set."""
+    return (
+        [prompt_file("borderline", "test")]
+        if config["evaluation"]["borderline"]
+        else []
     )
+
+
+def get_evaluation_inputs(wildcards=None):
+    """Data the evaluation reads besides the harmful/harmless test prompts (editing one re-runs the evaluations)."""
+    evaluation = config["evaluation"]
+    inputs = {}
+    if evaluation["borderline"]:
+        inputs["borderline"] = prompt_file("borderline", "test")
+    for section, name in (("mmlu", "mmlu_data"), ("hallucination", "factual_data")):
+        if evaluation[section]["enabled"] and "path" in evaluation[section]["source"]:
+            inputs[name] = evaluation[section]["source"]["path"]
+    labels = evaluation["neural_detector"]["labels_path"]
+    if evaluation["refusal_detection_mode"] != "markers" or Path(labels).exists():
+        inputs["refusal_labels"] = labels
+    return inputs
 
 
 def get_base_model():
@@ -111,7 +158,11 @@ def prompt_file(set_name, split):
 
 
 def get_final_outputs():
-    outputs = ["results/report.html", "results/ab_summary.csv", "results/eval/base/metrics.json"]
+    outputs = [
+        "results/report.html",
+        "results/ab_summary.csv",
+        "results/eval/base/metrics.json",
+    ]
     for variant in VARIANTS:
         outputs.append(f"results/{variant}/best_trial.json")
     return outputs + get_stage_metrics()
@@ -127,10 +178,40 @@ def get_ab_runs():
             "study": f"results/{instance}/study.db",
             "directions": f"results/{instance}/directions.pt",
             "benchmark": f"benchmarks/optimize/{instance}.tsv",
-            "metrics": {stage: f"results/eval/{instance}/{stage}/metrics.json" for stage in variant_stages(instance)},
+            "metrics": {
+                stage: f"results/eval/{instance}/{stage}/metrics.json"
+                for stage in variant_stages(instance)
+            },
         }
         for instance in VARIANTS
     ]
+
+
+def get_report_inputs(wildcards=None):
+    """Every file the report reads. Replicate instances enter only through the A/B summary."""
+    shown = [v for v in VARIANTS if REPLICATE_OF[v][1] == 0]
+    return {
+        "base": "results/eval/base/metrics.json",
+        "base_refusals": "results/eval/base/refusals.csv",
+        "manifest": "results/prompts/manifest.json",
+        "ab_summary": "results/ab_summary.csv",
+        "ab_significance": "results/ab_significance.csv",
+        "stages": get_stage_metrics(),
+        "refusals": [
+            f"results/eval/{v}/{s}/refusals.csv"
+            for v in shown
+            for s in variant_stages(v)
+        ],
+        "best": expand("results/{variant}/best_trial.json", variant=shown),
+        "studies": expand("results/{variant}/study.db", variant=shown),
+        "directions": expand("results/{variant}/directions.pt", variant=shown),
+        "edits": expand("results/{variant}/ablation.json", variant=shown),
+        "heal_logs": [
+            f"results/{v}/heal_training_log.csv"
+            for v in shown
+            if "healed" in variant_stages(v)
+        ],
+    }
 
 
 def get_optimize_inputs(wildcards):
@@ -138,7 +219,11 @@ def get_optimize_inputs(wildcards):
     workers = VARIANTS[wildcards.variant]["search"]["optimize_workers"]
     if workers > 1:
         return {
-            "workers": expand("results/{variant}/optuna/worker{worker}.done", variant=wildcards.variant, worker=range(workers))
+            "workers": expand(
+                "results/{variant}/optuna/worker{worker}.done",
+                variant=wildcards.variant,
+                worker=range(workers),
+            )
         }
     return {
         "model": get_base_model(),
@@ -146,3 +231,15 @@ def get_optimize_inputs(wildcards):
         "harmful": prompt_file("harmful", "val"),
         "harmless": prompt_file("harmless", "val"),
     }
+
+
+def optimize_gpus(wildcards):
+    """The optimize job needs the GPU only when it runs the search itself (one worker); otherwise it just copies."""
+    return 1 if VARIANTS[wildcards.variant]["search"]["optimize_workers"] == 1 else 0
+
+
+def get_model_path(wildcards, input):
+    """params function: where the base model is loaded from (the input directory, or the hub id)."""
+    value = input.get("model", [])
+    paths = [value] if isinstance(value, str) else list(value)
+    return str(paths[0]) if paths else MODEL_PATH

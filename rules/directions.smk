@@ -11,16 +11,16 @@ rule directions:
         "benchmarks/directions/{variant}.tsv"
     conda:
         "../envs/bruno.yaml"
-    threads: workflow.cores
+    threads: MODEL_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=60,
         gpu=1,
     params:
-        model_path=MODEL_PATH,
+        model_path=get_model_path,
         model=config["model"],
         directions=variant_section("directions"),
         refusal_markers=config["evaluation"]["refusal_markers"],
-        seed=config["seed"],
+        seed=variant_seed,
     script:
         "../scripts/directions.py"

@@ -1,11 +1,19 @@
 rule evaluate_base:
     input:
+        unpack(get_evaluation_inputs),
         model=get_base_model(),
         harmful=prompt_file("harmful", "test"),
         harmless=prompt_file("harmless", "test"),
     output:
         refusals="results/eval/base/refusals.csv",
-        metrics="results/eval/base/metrics.json",
+        mmlu="results/eval/base/mmlu.csv",
+        hallucination="results/eval/base/hallucination.csv",
+        metrics=report(
+            "results/eval/base/metrics.json",
+            caption="../report/metrics.rst",
+            category="Evaluation",
+            labels={"model": "base", "stage": "base"},
+        ),
         logprobs="results/eval/base/harmless_logprobs.pt",
     log:
         "logs/evaluate/base.log",
@@ -13,13 +21,13 @@ rule evaluate_base:
         "benchmarks/evaluate/base.tsv"
     conda:
         "../envs/bruno.yaml"
-    threads: workflow.cores
+    threads: MODEL_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=1,
     params:
-        model_path=MODEL_PATH,
+        model_path=get_model_path,
         model=config["model"],
         evaluation=config["evaluation"],
         seed=config["seed"],
@@ -29,20 +37,28 @@ rule evaluate_base:
 
 rule evaluate_stage:
     input:
+        unpack(get_evaluation_inputs),
         model=get_stage_model,
         harmful=prompt_file("harmful", "test"),
         harmless=prompt_file("harmless", "test"),
         base_logprobs="results/eval/base/harmless_logprobs.pt",
     output:
         refusals="results/eval/{variant}/{stage}/refusals.csv",
-        metrics="results/eval/{variant}/{stage}/metrics.json",
+        mmlu="results/eval/{variant}/{stage}/mmlu.csv",
+        hallucination="results/eval/{variant}/{stage}/hallucination.csv",
+        metrics=report(
+            "results/eval/{variant}/{stage}/metrics.json",
+            caption="../report/metrics.rst",
+            category="Evaluation",
+            labels={"model": "{variant}", "stage": "{stage}"},
+        ),
     log:
         "logs/evaluate/{variant}_{stage}.log",
     benchmark:
         "benchmarks/evaluate/{variant}_{stage}.tsv"
     conda:
         "../envs/bruno.yaml"
-    threads: workflow.cores
+    threads: MODEL_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=120,

@@ -16,18 +16,19 @@ rule init_study:
         "logs/init_study/{variant}.log",
     conda:
         "../envs/bruno.yaml"
-    threads: workflow.cores
+    threads: MODEL_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=30,
         gpu=1,
     params:
         journal="results/{variant}/optuna/journal.log",
-        model_path=MODEL_PATH,
+        model_path=get_model_path,
         model=config["model"],
         search=variant_section("search"),
         abliteration=variant_section("abliteration"),
         refusal_markers=config["evaluation"]["refusal_markers"],
+        evaluation=config["evaluation"],
         seed=variant_seed,
     script:
         "../scripts/optimize.py"
@@ -48,18 +49,19 @@ rule optimize_worker:
         "benchmarks/optimize_worker/{variant}_{worker}.tsv"
     conda:
         "../envs/bruno.yaml"
-    threads: workflow.cores
+    threads: MODEL_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=720,
         gpu=1,
     params:
         journal="results/{variant}/optuna/journal.log",
-        model_path=MODEL_PATH,
+        model_path=get_model_path,
         model=config["model"],
         search=variant_section("search"),
         abliteration=variant_section("abliteration"),
         refusal_markers=config["evaluation"]["refusal_markers"],
+        evaluation=config["evaluation"],
         seed=variant_seed,
     script:
         "../scripts/optimize.py"
@@ -76,19 +78,20 @@ rule optimize:
         "benchmarks/optimize/{variant}.tsv"
     conda:
         "../envs/bruno.yaml"
-    threads: workflow.cores
+    threads: MODEL_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=720,
-        gpu=1,
+        gpu=optimize_gpus,
     params:
         work_db="results/{variant}/optuna/work.db",
         journal="results/{variant}/optuna/journal.log",
-        model_path=MODEL_PATH,
+        model_path=get_model_path,
         model=config["model"],
         search=variant_section("search"),
         abliteration=variant_section("abliteration"),
         refusal_markers=config["evaluation"]["refusal_markers"],
+        evaluation=config["evaluation"],
         seed=variant_seed,
     script:
         "../scripts/optimize.py"
@@ -98,9 +101,15 @@ rule select:
     input:
         study="results/{variant}/study.db",
     output:
-        "results/{variant}/best_trial.json",
+        report(
+            "results/{variant}/best_trial.json",
+            caption="../report/best_trial.rst",
+            category="Search",
+            labels={"variant": "{variant}", "file": "best_trial.json"},
+        ),
     log:
         "logs/select/{variant}.log",
+    localrule: True
     conda:
         "../envs/bruno.yaml"
     params:

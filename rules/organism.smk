@@ -1,9 +1,9 @@
 rule organism:
     input:
-        "data/prompts/harmful.jsonl",
-        "data/prompts/harmless.jsonl",
-        "data/eval/multiple_choice.jsonl",
-        "data/eval/factual_qa.jsonl",
+        harmful="data/prompts/harmful.jsonl",
+        harmless="data/prompts/harmless.jsonl",
+        multiple_choice="data/eval/multiple_choice.jsonl",
+        facts="data/organism/facts.jsonl",
     output:
         directory("results/organism"),
     log:
@@ -18,6 +18,6 @@ rule organism:
         runtime=30,
     params:
         organism=config["organism"],
-        data_dir="data",
+        data_dir=lambda wildcards, input: str(Path(input.harmful).parents[1]),
     script:
         "../scripts/organism.py"

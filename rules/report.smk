@@ -1,8 +1,6 @@
 rule report:
     input:
-        base="results/eval/base/metrics.json",
-        stages=get_stage_metrics(),
-        best=expand("results/{variant}/best_trial.json", variant=VARIANTS),
+        unpack(get_report_inputs),
     output:
         report(
             "results/report.html",
@@ -15,8 +13,14 @@ rule report:
     conda:
         "../envs/bruno.yaml"
     params:
-        variants=list(VARIANTS),
+        # the directory of report.html: the results tree it reads (and links into, relatively)
+        results_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        benchmarks_dir="benchmarks",
+        # resolved settings of every variant instance, in config order (the page's variant order)
+        variants=VARIANTS,
+        replicate_of=REPLICATE_OF,
         stages={variant: variant_stages(variant) for variant in VARIANTS},
         config=config,
+        workflow_dir=workflow.basedir,
     script:
         "../scripts/report.py"

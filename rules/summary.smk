@@ -14,6 +14,7 @@ rule ab_summary:
         significance="results/ab_significance.csv",
     log:
         "logs/ab_summary/ab_summary.log",
+    localrule: True
     conda:
         "../envs/bruno.yaml"
     params:

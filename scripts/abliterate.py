@@ -1,5 +1,7 @@
 """Snakemake script for rule `abliterate`."""
 
+import _bruno_path  # noqa: F401  (puts src/ on sys.path)
+
 from bruno.runtime import run_job
 
 

@@ -1,5 +1,7 @@
 """Snakemake script for rules `evaluate_base` and `evaluate_stage`."""
 
+import _bruno_path  # noqa: F401  (puts src/ on sys.path)
+
 from bruno.runtime import run_job
 
 
@@ -11,16 +13,22 @@ def main(snakemake, log):
 
     is_base = snakemake.rule == "evaluate_base"
     stage = "base" if is_base else f"{snakemake.wildcards.variant}/{snakemake.wildcards.stage}"
+    prompt_paths = {"harmful": snakemake.input.harmful, "harmless": snakemake.input.harmless}
+    if hasattr(snakemake.input, "borderline"):
+        prompt_paths["borderline"] = snakemake.input.borderline
     run(
         stage=stage,
         model_path=snakemake.params.model_path if is_base else snakemake.input.model,
         model_settings=settings_from_dict(ModelSettings, snakemake.params.model, "model"),
-        prompt_paths={"harmful": snakemake.input.harmful, "harmless": snakemake.input.harmless},
+        prompt_paths=prompt_paths,
         settings=settings_from_dict(EvaluationSettings, snakemake.params.evaluation, "evaluation"),
-        refusals_path=snakemake.output.refusals,
-        metrics_path=snakemake.output.metrics,
+        outputs={
+            key: getattr(snakemake.output, key) for key in ("refusals", "mmlu", "hallucination", "metrics")
+        },
         base_logprobs_path=snakemake.output.logprobs if is_base else snakemake.input.base_logprobs,
         write_base_logprobs=is_base,
+        seed=snakemake.params.seed,
+        is_organism=snakemake.params.model["name"] == "organism",
     )
 
 

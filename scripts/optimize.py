@@ -1,10 +1,13 @@
 """Snakemake script for rules `optimize`, `init_study` and `optimize_worker`."""
 
+import _bruno_path  # noqa: F401  (puts src/ on sys.path)
+
 from bruno.runtime import run_job
 
 
 def main(snakemake, log):
     from bruno.config import settings_from_dict
+    from bruno.evaluate import EvaluationSettings
     from bruno.jobs import optimize
     from bruno.model import ModelSettings
     from bruno.plan import AbliterationSettings
@@ -23,6 +26,8 @@ def main(snakemake, log):
         settings=settings,
         abliteration=settings_from_dict(AbliterationSettings, snakemake.params.abliteration, "abliteration"),
         refusal_markers=snakemake.params.refusal_markers,
+        evaluation=settings_from_dict(EvaluationSettings, snakemake.params.evaluation, "evaluation"),
+        seed=snakemake.params.seed,
     )
     seed = snakemake.params.seed
     if snakemake.rule == "init_study":

@@ -1,5 +1,7 @@
 """Snakemake script for rule `report`."""
 
+import _bruno_path  # noqa: F401  (puts src/ on sys.path)
+
 from bruno.runtime import run_job
 
 
@@ -7,11 +9,14 @@ def main(snakemake, log):
     from bruno.jobs.report import run
 
     run(
-        base_metrics=snakemake.input.base,
+        results_dir=snakemake.params.results_dir,
+        benchmarks_dir=snakemake.params.benchmarks_dir,
         variants=snakemake.params.variants,
         stages=snakemake.params.stages,
         config=snakemake.params.config,
         out_path=snakemake.output[0],
+        replicate_of=snakemake.params.replicate_of,
+        workflow_dir=snakemake.params.workflow_dir,
     )
 
 

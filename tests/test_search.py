@@ -135,10 +135,12 @@ DRIVER = textwrap.dedent(
     import json
     args = json.loads(sys.argv[1])
     torch.set_num_threads(1)
+    from bruno.evaluate import EvaluationSettings
+    evaluation = EvaluationSettings(**args["evaluation"]) if "evaluation" in args else None
     ctx = optimize.prepare(model_path=args["model"], model_settings=ModelSettings(), directions_path=args["directions"],
         harmful_val_path=args["harmful"], harmless_val_path=args["harmless"],
-        settings=SearchSettings(n_trials=args["n_trials"], n_startup_trials=3, ranges=args["ranges"], max_new_tokens=args["tokens"]),
-        abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"])
+        settings=SearchSettings(n_trials=args["n_trials"], n_startup_trials=3, ranges=args["ranges"], max_new_tokens=args["tokens"], **args.get("extra", {})),
+        abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"], evaluation=evaluation)
     mode = args.get("mode", "single")
     if mode == "single":
         optimize.run(ctx, seed=0, work_db=args["work"], out_db=args["out"])
@@ -254,3 +256,70 @@ def test_parallel_workers_share_one_journal_study(search_inputs, tmp_path):
         .trials[0]
         .params
     )
+
+
+def test_extra_objectives_make_a_four_objective_study(search_inputs, tmp_path):
+    import json
+
+    import yaml
+
+    from bruno.config import validate_config
+    from bruno.jobs.select import run as select
+    from bruno.select import SelectionSettings
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate_config(config)
+    evaluation = config["evaluation"]
+    for section in ("mmlu", "hallucination"):  # the shipped sets, from the repository
+        evaluation[section]["source"]["path"] = str(REPO / evaluation[section]["source"]["path"])
+    extra = {"use_hallucination_detection": True, "use_capability_objective": True, "capability_check_n_questions": 8,
+             "hallucination_check_n_questions": 3, "hallucination_n_samples": 2}  # fmt: skip
+    result = search_inputs.run(n_trials=3, tokens=4, extra=extra, evaluation=evaluation)
+    assert result.returncode == 0, result.stderr[-3000:]
+    storage = optuna.storages.RDBStorage(f"sqlite:///{search_inputs.args['out']}")
+    study = optuna.load_study(study_name="abliteration", storage=storage)
+    assert len(study.directions) == 4
+    assert study.user_attrs["objectives"] == [
+        "kl_divergence",
+        "refusal_rate",
+        "hallucination_score",
+        "capability_loss",
+    ]
+    assert set(study.user_attrs["base_extra_objectives"]) == {"hallucination_score", "capability_loss"}
+    trial = study.get_trials(states=(TrialState.COMPLETE,))[0]
+    assert "seconds_capability_loss" in trial.user_attrs and "seconds_hallucination_score" in trial.user_attrs
+    best = select(
+        search_inputs.args["out"], SelectionSettings(max_refusal_rate=1.0), "v", tmp_path / "best.json"
+    )
+    assert set(best["metrics_val"]) >= {
+        "kl_divergence",
+        "refusal_rate",
+        "hallucination_score",
+        "capability_loss",
+    }
+    assert best["selection"]["objectives"][2:] == ["hallucination_score", "capability_loss"]
+    assert best["selection"]["extra_objectives"] == "constraint" and "extra_limits" in best["selection"]
+    assert json.loads((tmp_path / "best.json").read_text())["trial_number"] == best["trial_number"]
+    # a changed objective set is a different search: resuming the 4-objective study with 2 objectives is refused
+    mismatch = search_inputs.run(n_trials=3, tokens=4)
+    assert mismatch.returncode != 0 and "objectives" in mismatch.stderr
+
+
+def test_selection_with_extra_objectives():
+    objectives = ["kl_divergence", "refusal_rate", "hallucination_score", "capability_loss"]
+
+    def trial(number, kl, refusal, hall, cap):
+        t = create_trial(values=[kl, refusal, hall, cap], params={}, distributions={})
+        t.number = number
+        return t
+
+    base = {"hallucination_score": 0.2, "capability_loss": 0.1}
+    trials = [trial(0, 0.01, 0.0, 0.5, 0.1), trial(1, 0.02, 0.0, 0.21, 0.11), trial(2, 0.02, 0.0, 0.21, 0.10)]
+    best, info = select_trial(trials, SelectionSettings(), objectives, base)
+    assert best.number == 1 and info["trials_within_extra_limits"] == 2  # trial 0 hallucinates too much
+    best, info = select_trial(trials, SelectionSettings(extra_objectives="tie_break"), objectives, base)
+    assert best.number == 0
+    best, _ = select_trial(trials[1:], SelectionSettings(extra_objectives="tie_break"), objectives, base)
+    assert best.number == 2  # equal KL: lower capability loss wins
+    best, info = select_trial(trials[:1], SelectionSettings(), objectives, base)
+    assert best.number == 0 and "extra_constraints_dropped" in info

@@ -86,6 +86,11 @@ def run_row(files: RunFiles) -> dict[str, Any]:
         "calibration_factor": meta.get("calibration", {}).get("factor", 1.0),
         "peak_rss_mb": math.nan,
     }
+    # Per-trial cost of each part of the objective (KL pass, refusal generation, extra objectives), seconds.
+    parts = sorted({k for t in trials for k in t.user_attrs if k.startswith("seconds_")})
+    for key in parts:
+        values = [t.user_attrs[key] for t in trials if key in t.user_attrs]
+        row[f"{key}_per_trial"] = sum(values) / len(values) if values else math.nan
     if files.benchmark is not None and files.benchmark.is_file():
         bench = pd.read_csv(files.benchmark, sep="\t")
         row["peak_rss_mb"] = float(bench["max_rss"].max())

@@ -49,7 +49,11 @@ class ModelSettings:
     trust_remote_code: bool = False
     chat_template: str | None = None
     system_prompt: str | None = None
-    batch_size: int = 64
+    batch_size: int = 64  # 0 = auto (bruno.device.resolve_batch_size)
+    # accelerate placement: None = the whole model on `device`; 'auto'/'balanced'/'sequential' or a module -> device map.
+    device_map: str | dict[str, Any] | None = None
+    max_memory: dict[str, str] | None = None  # with device_map: {"0": "22GiB", "cpu": "64GiB"}
+    load_in_4bit: bool = False  # bitsandbytes NF4 (CUDA only; optional package)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -103,32 +107,67 @@ def load_tokenizer(path: str | Path, settings: ModelSettings) -> Any:
 def load_model(
     path: str | Path, settings: ModelSettings, device: torch.device | None = None
 ) -> tuple[nn.Module, Any]:
-    """Load a causal LM (safetensors only) and its tokenizer, in eval mode, on the configured device."""
+    """Load a causal LM (safetensors only) and its tokenizer, in eval mode, on the configured device.
+
+    On a GPU the weights load straight onto the card(s) (`device_map`, `max_memory`, optional 4-bit), and the dtype
+    falls back along auto -> bfloat16 -> float16 -> float32 until a one-token generation gives finite logits."""
     from transformers import AutoModelForCausalLM
 
+    from bruno import device as gpu
+
     device = device or resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
     if settings.trust_remote_code:
         log.warning("!!! trust_remote_code is ON for '%s': code shipped with the model will run. !!!", path)
     tokenizer = load_tokenizer(path, settings)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path),
-            revision=settings.revision,
-            dtype=dtype,
-            trust_remote_code=settings.trust_remote_code,
-            use_safetensors=True,
+    placement = gpu.placement_kwargs(device, settings.device_map, settings.max_memory)
+
+    def load(dtype_name: str) -> nn.Module:
+        dtype: torch.dtype | str = "auto" if dtype_name == "auto" else _DTYPES[dtype_name]
+        kwargs = dict(placement)
+        if settings.load_in_4bit:
+            compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
+            kwargs["quantization_config"] = gpu.four_bit_config(compute, device)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path),
+                revision=settings.revision,
+                dtype=dtype,
+                trust_remote_code=settings.trust_remote_code,
+                use_safetensors=True,
+                **kwargs,
+            )
+        except OSError as e:
+            raise BrunoError(
+                f"Could not load model '{path}': {e}. Only safetensors weights are loaded; if this is a hub id, no "
+                "hub is reachable here: set model.name to a local model directory."
+            ) from e
+        if "device_map" not in kwargs and not settings.load_in_4bit:
+            model.to(device)
+        model.eval()
+        model.requires_grad_(False)
+        if model.generation_config is not None and model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        return model
+
+    candidates = gpu.dtype_candidates(settings.dtype, device)
+    if device.type == "cpu" and len(candidates) == 1:
+        model = load(candidates[0])  # float32 on the CPU: nothing to fall back to
+    else:
+        model, _ = gpu.load_with_dtype_fallback(
+            load, lambda m: gpu.next_token_is_finite(m, tokenizer, settings.system_prompt), candidates
         )
-    except OSError as e:
-        raise BrunoError(
-            f"Could not load model '{path}': {e}. Only safetensors weights are loaded; if this is a hub id, no hub is "
-            "reachable here: set model.name to a local model directory."
-        ) from e
-    model.to(device)
-    model.eval()
-    model.requires_grad_(False)
-    if model.generation_config is not None and model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if settings.load_in_4bit:
+        log.warning(
+            "model.load_in_4bit: the weights are NF4-quantised. Directions and evaluation work on them; the "
+            "abliteration edit (search, baking) needs full-precision matrices, so run those with load_in_4bit: false."
+        )
+    log.info(
+        "loaded %s: %s on %s%s",
+        path,
+        next(model.parameters()).dtype,
+        gpu.describe_placement(model),
+        "".join(f", {d} {mb:.0f} MB" for d, mb in gpu.peak_gpu_memory_mb().items()),
+    )
     return model, tokenizer
 
 

@@ -160,6 +160,30 @@ def resolve_prompt_set(set_name: str, spec: Mapping[str, Mapping[str, Any]]) -> 
     return splits
 
 
+def resolve_test_only_set(
+    set_name: str, spec: Mapping[str, Any], others: Mapping[str, Mapping[str, Sequence[Prompt]]]
+) -> list[Prompt]:
+    """A prompt set with only a test split (e.g. borderline-but-benign prompts): loaded, de-duplicated, non-empty, and
+    sharing no prompt with any split of the other sets."""
+    seen: set[str] = set()
+    prompts = []
+    for p in load_source(spec, "test", set_name):
+        if normalize_prompt(p.text) not in seen:
+            seen.add(normalize_prompt(p.text))
+            prompts.append(p)
+    if not prompts:
+        raise BrunoError(f"config key 'evaluation.{set_name}': the source gave no prompts.")
+    for other, splits in others.items():
+        for split, other_prompts in splits.items():
+            shared = seen & {normalize_prompt(p.text) for p in other_prompts}
+            if shared:
+                raise BrunoError(
+                    f"evaluation.{set_name}: shares {len(shared)} prompt(s) with data.{other}.{split}, e.g. "
+                    f"{sorted(shared)[0]!r}. Remove them from one of the sets."
+                )
+    return prompts
+
+
 def check_disjoint(set_name: str, splits: Mapping[str, Sequence[Prompt]]) -> None:
     names = list(splits)
     for i, a in enumerate(names):

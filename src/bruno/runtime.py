@@ -52,11 +52,12 @@ def peak_memory() -> dict[str, Any]:
     """Peak RSS of this process (MB) and peak CUDA memory (MB) where CUDA is used."""
     import resource
 
-    import torch
+    from bruno.device import peak_gpu_memory_mb
 
     info: dict[str, Any] = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        info["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    gpu = peak_gpu_memory_mb()
+    if gpu:
+        info["peak_cuda_mb"] = gpu
     return info
 
 

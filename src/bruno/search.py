@@ -49,6 +49,13 @@ class SearchSettings:
     batch_size: int = 64
     max_failed_trials: int = 20
     optimize_workers: int = 1
+    refusal_early_stop: bool = False
+    refusal_constraint: float | None = None
+    use_hallucination_detection: bool = False
+    hallucination_check_n_questions: int = 10
+    hallucination_n_samples: int = 3
+    use_capability_objective: bool = False
+    capability_check_n_questions: int = 10
 
 
 class TrialFailed(Exception):

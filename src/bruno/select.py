@@ -1,11 +1,15 @@
 """Choosing the trial to export: the lowest-KL trial among those whose refusal rate is at most `max_refusal_rate`;
 if none qualifies, the fewest refusals, then the lowest KL. Ties break on the trial number (earliest wins).
-The rule and its inputs are written into best_trial.json.
+
+Optional extra objectives (hallucination score, capability loss) enter as configured: `constraint` (default) keeps only
+qualifying trials within `max_capability_drop` / `max_hallucination_increase` of the base model's values — dropped, and
+recorded, if no qualifying trial meets them; `tie_break` orders trials of equal KL by them. The rule and its inputs are
+written into best_trial.json.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,40 +17,66 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bruno.errors import BrunoError
 
+DEFAULT_OBJECTIVES = ("kl_divergence", "refusal_rate")
+
 
 @dataclass(frozen=True)
 class SelectionSettings:
     max_refusal_rate: float = 0.05
+    extra_objectives: str = "constraint"
+    max_capability_drop: float = 0.02
+    max_hallucination_increase: float = 0.05
 
 
 def select_trial(
-    trials: Sequence[FrozenTrial], settings: SelectionSettings
+    trials: Sequence[FrozenTrial],
+    settings: SelectionSettings,
+    objectives: Sequence[str] = DEFAULT_OBJECTIVES,
+    base_extra: Mapping[str, float] | None = None,
 ) -> tuple[FrozenTrial, dict[str, Any]]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
     if not complete:
         raise BrunoError(
             "The study has no COMPLETE trial to select from; all trials failed. See the optimize log."
         )
+    extras = list(objectives[2:])
 
-    def kl(t: FrozenTrial) -> float:
-        return t.values[0]
+    def value(t: FrozenTrial, name: str) -> float:
+        return t.values[list(objectives).index(name)]
 
-    def refusal(t: FrozenTrial) -> float:
-        return t.values[1]
-
-    qualified = [t for t in complete if refusal(t) <= settings.max_refusal_rate]
-    if qualified:
-        best = min(qualified, key=lambda t: (kl(t), t.number))
-        rule = f"lowest KL among trials with refusal_rate <= max_refusal_rate ({settings.max_refusal_rate})"
-    else:
-        best = min(complete, key=lambda t: (refusal(t), kl(t), t.number))
-        rule = (
-            f"no trial reached refusal_rate <= {settings.max_refusal_rate}: fewest refusals, then lowest KL"
-        )
-    return best, {
-        "rule": rule,
+    qualified = [t for t in complete if value(t, "refusal_rate") <= settings.max_refusal_rate]
+    info: dict[str, Any] = {
         "max_refusal_rate": settings.max_refusal_rate,
         "qualified_trials": len(qualified),
         "complete_trials": len(complete),
+        "objectives": list(objectives),
         "tie_break": "trial number (earliest)",
     }
+    pool = qualified
+    if extras and qualified:
+        info["extra_objectives"] = settings.extra_objectives
+        if settings.extra_objectives == "constraint":
+            allowance = {"capability_loss": settings.max_capability_drop,
+                         "hallucination_score": settings.max_hallucination_increase}  # fmt: skip
+            limits = {name: (base_extra or {}).get(name, float("inf")) + allowance[name] for name in extras}
+            info["extra_limits"] = limits
+            within = [t for t in qualified if all(value(t, n) <= limit for n, limit in limits.items())]
+            info["trials_within_extra_limits"] = len(within)
+            if within:
+                pool = within
+            else:
+                info["extra_constraints_dropped"] = "no qualifying trial met the extra-objective limits"
+        else:
+            info["tie_break"] = f"{', '.join(extras)}, then trial number (earliest)"
+    if pool:
+        tie = extras if extras and settings.extra_objectives == "tie_break" else []
+        best = min(pool, key=lambda t: (value(t, "kl_divergence"), *(value(t, n) for n in tie), t.number))
+        rule = f"lowest KL among trials with refusal_rate <= max_refusal_rate ({settings.max_refusal_rate})"
+        if pool is not qualified:
+            rule += " and within the extra-objective limits"
+    else:
+        best = min(complete, key=lambda t: (value(t, "refusal_rate"), value(t, "kl_divergence"), t.number))
+        rule = (
+            f"no trial reached refusal_rate <= {settings.max_refusal_rate}: fewest refusals, then lowest KL"
+        )
+    return best, {"rule": rule, **info}

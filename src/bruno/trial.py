@@ -1,15 +1,16 @@
 """Scoring one set of abliteration parameters on the validation prompts, without copying or reloading the model.
 
 Everything that does not depend on the parameters is computed once: tokenised prompt batches, the base model's
-first-token log-probs on the harmless prompts, and the norms of the target matrices.
+first-token log-probs on the harmless prompts, and the norms of the target matrices. Extra objectives (hallucination
+score, capability loss) are callables of the hooked model, timed separately.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +32,8 @@ class TrialResult:
     seconds_kl: float
     seconds_generation: float
     responses: tuple[str, ...]
+    extra: dict[str, float] = field(default_factory=dict)
+    extra_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class TrialEvaluator:
@@ -48,11 +51,21 @@ class TrialEvaluator:
         max_new_tokens: int,
         detector: MarkerDetector | None = None,
         biprojected: bool = False,
+        refusal_early_stop: bool = False,
+        extra_objectives: Mapping[str, Callable[[nn.Module], float]] | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.directions = directions if isinstance(directions, DirectionSet) else DirectionSet(directions)
         self.biprojected = biprojected
+        self.extra_objectives = dict(extra_objectives or {})
+        # A marker verdict never changes once a marker has appeared, so stopping such a sequence early gives the
+        # same refusal count with fewer decoding steps.
+        self.stop = (
+            (lambda texts: [bool(self.detector.first_match(t)) for t in texts])
+            if refusal_early_stop
+            else None
+        )
         self.norm_preservation = norm_preservation
         self.max_new_tokens = max_new_tokens
         self.detector = detector or MarkerDetector()
@@ -62,6 +75,8 @@ class TrialEvaluator:
         self.kl_batches = encode(tokenizer, kl_prompts, system_prompt, batch_size, device)
         self.n_refusal_prompts = len(refusal_prompts)
         self.base_logprobs = first_token_logprobs(model, self.kl_batches)
+        # The unedited model's values of the extra objectives: the reference for selection constraints.
+        self.base_extra = {name: float(objective(model)) for name, objective in self.extra_objectives.items()}
 
     @property
     def n_layers(self) -> int:
@@ -74,8 +89,15 @@ class TrialEvaluator:
             t0 = time.perf_counter()
             logprobs = first_token_logprobs(self.model, self.kl_batches)
             t1 = time.perf_counter()
-            responses = generate_greedy(self.model, self.tokenizer, self.refusal_batches, self.max_new_tokens)
+            responses = generate_greedy(
+                self.model, self.tokenizer, self.refusal_batches, self.max_new_tokens, self.stop
+            )
             t2 = time.perf_counter()
+            extra, extra_seconds = {}, {}
+            for name, objective in self.extra_objectives.items():
+                t = time.perf_counter()
+                extra[name] = float(objective(self.model))
+                extra_seconds[name] = time.perf_counter() - t
         kl = kl_divergence(self.base_logprobs, logprobs)
         verdicts = self.detector.classify(responses)
         n_refusals = sum(v.is_refusal for v in verdicts)
@@ -88,4 +110,6 @@ class TrialEvaluator:
             seconds_kl=t1 - t0,
             seconds_generation=t2 - t1,
             responses=tuple(responses),
+            extra=extra,
+            extra_seconds=extra_seconds,
         )

@@ -16,6 +16,7 @@ import torch
 
 from bruno.caa import compliance_direction
 from bruno.cones import find_cones
+from bruno.device import resolve_batch_size
 from bruno.direction_methods import calibration_factor, contrastive_pca, ensemble, probe_directions
 from bruno.directions import layer_separation, mean_difference, save_directions
 from bruno.errors import BrunoError
@@ -158,7 +159,9 @@ def run(
     limit = settings.get("n_train_prompts")
     harmful_prompts = read_prompts(harmful_path)[:limit]
     harmless_prompts = read_prompts(harmless_path)[:limit]
-    device, batch, system = model_device(model), model_settings.batch_size, model_settings.system_prompt
+    device, system = model_device(model), model_settings.system_prompt
+    texts = [p.text for p in harmful_prompts + harmless_prompts]
+    batch = resolve_batch_size(model_settings.batch_size, model, tokenizer, texts, system)
     harmful_batches = encode(tokenizer, [p.text for p in harmful_prompts], system, batch, device)
     harmful = last_token_residuals(model, harmful_batches)
     harmless = last_token_residuals(

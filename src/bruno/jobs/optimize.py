@@ -16,8 +16,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from bruno.device import resolve_batch_size
 from bruno.directions import load_directions
 from bruno.errors import BrunoError
+from bruno.evaluate import EvaluationSettings
 from bruno.io import sha256_bytes, sha256_texts
 from bruno.model import ModelSettings, load_model
 from bruno.plan import AbliterationSettings, DirectionSet
@@ -39,6 +41,7 @@ from bruno.trial import TrialEvaluator
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ["kl_divergence", "refusal_rate"]
+EXTRA_OBJECTIVES = ("hallucination_score", "capability_loss")  # in this order, each when enabled
 
 
 def _summary(values: dict[str, Any]) -> str:
@@ -70,6 +73,42 @@ class SearchContext:
     space: SearchSpace
     fingerprint: dict[str, Any]
     settings: SearchSettings
+    objectives: list[str]
+
+
+def extra_objectives(
+    settings: SearchSettings,
+    evaluation: EvaluationSettings | None,
+    tokenizer: Any,
+    system_prompt: str | None,
+    seed: int,
+) -> dict[str, Any]:
+    """Callables of the (hooked) model for the enabled extra objectives, on validation questions only."""
+    objectives: dict[str, Any] = {}
+    if not (settings.use_hallucination_detection or settings.use_capability_objective):
+        return objectives
+    if evaluation is None:
+        raise BrunoError("extra search objectives need the `evaluation` settings (their question sources)")
+    if settings.use_hallucination_detection:
+        from bruno.embedding import SentenceEmbedder
+        from bruno.hallucination import HallucinationDetector, load_factual_questions
+
+        hall = evaluation.hallucination_settings()
+        source = {**hall.source, "record_split": "val"} if "path" in hall.source else hall.source
+        questions = load_factual_questions(source)[: settings.hallucination_check_n_questions]
+        detector = HallucinationDetector(
+            tokenizer, questions, SentenceEmbedder(hall.embedding_model), settings.hallucination_n_samples,
+            hall.temperature, hall.max_new_tokens, seed, system_prompt,
+        )  # fmt: skip
+        objectives["hallucination_score"] = detector.score
+    if settings.use_capability_objective:
+        from bruno.capability import MMLUEvaluator, search_questions
+
+        mmlu = evaluation.mmlu_settings()
+        questions = search_questions(mmlu, settings.capability_check_n_questions, seed)
+        evaluator = MMLUEvaluator(tokenizer, questions, mmlu.use_chat_template, None, system_prompt)
+        objectives["capability_loss"] = lambda model: 1.0 - evaluator.accuracy(model)
+    return objectives
 
 
 def prepare(
@@ -81,6 +120,8 @@ def prepare(
     settings: SearchSettings,
     abliteration: AbliterationSettings,
     refusal_markers: list[str],
+    evaluation: EvaluationSettings | None = None,
+    seed: int = 0,
 ) -> SearchContext:
     """Load the model once and everything a trial needs that never changes between trials."""
     model, tokenizer = load_model(model_path, model_settings)
@@ -88,6 +129,14 @@ def prepare(
     directions = DirectionSet.from_payload(payload)
     refusal_prompts = [p.text for p in read_prompts(harmful_val_path)][: settings.n_refusal_prompts]
     kl_prompts = [p.text for p in read_prompts(harmless_val_path)][: settings.n_kl_prompts]
+    batch_size = resolve_batch_size(
+        settings.batch_size,
+        model,
+        tokenizer,
+        refusal_prompts,
+        model_settings.system_prompt,
+        settings.max_new_tokens,
+    )
     evaluator = TrialEvaluator(
         model,
         tokenizer,
@@ -97,11 +146,16 @@ def prepare(
         refusal_prompts,
         kl_prompts,
         model_settings.system_prompt,
-        settings.batch_size,
+        batch_size,
         settings.max_new_tokens,
         MarkerDetector(refusal_markers),
         biprojected=abliteration.biprojected,
+        refusal_early_stop=settings.refusal_early_stop,
+        extra_objectives=extra_objectives(
+            settings, evaluation, tokenizer, model_settings.system_prompt, seed
+        ),
     )
+    objectives = OBJECTIVES + [name for name in EXTRA_OBJECTIVES if name in evaluator.extra_objectives]
     space = SearchSpace.resolve(settings, evaluator.n_layers, abliteration.components)
     for name, dist in space.distributions().items():
         if hasattr(dist, "low") and dist.low > dist.high:
@@ -110,7 +164,13 @@ def prepare(
             )
     fingerprint = {
         "search_space": space.describe(),
-        "objectives": OBJECTIVES,
+        "objectives": objectives,
+        "extra_objective_settings": {
+            "hallucination": [settings.hallucination_check_n_questions, settings.hallucination_n_samples]
+            if "hallucination_score" in objectives
+            else None,
+            "capability": settings.capability_check_n_questions if "capability_loss" in objectives else None,
+        },
         "directions": _tensor_hash(payload),
         "model": model_path,
         "refusal_prompts": sha256_texts(refusal_prompts),
@@ -123,8 +183,9 @@ def prepare(
             "biprojected": abliteration.biprojected,
         },  # fmt: skip
         "refusal_markers": sha256_texts(refusal_markers),
+        "refusal_constraint": settings.refusal_constraint,
     }
-    return SearchContext(evaluator, directions, space, fingerprint, settings)
+    return SearchContext(evaluator, directions, space, fingerprint, settings, objectives)
 
 
 def _sampler(settings: SearchSettings, seed: int) -> optuna.samplers.TPESampler:
@@ -138,9 +199,10 @@ def _sampler(settings: SearchSettings, seed: int) -> optuna.samplers.TPESampler:
 
 def _open(ctx: SearchContext, storage_path: str | Path, seed: int) -> tuple[optuna.Study, bool]:
     study, created = create_or_check_study(
-        storage_path, ctx.fingerprint, OBJECTIVES, _sampler(ctx.settings, seed)
+        storage_path, ctx.fingerprint, ctx.objectives, _sampler(ctx.settings, seed)
     )
     if created:
+        study.set_user_attr("base_extra_objectives", ctx.evaluator.base_extra)
         warm = warm_start_values(ctx.space, ctx.settings)
         for values in warm:
             study.enqueue_trial(values, skip_if_exists=True)
@@ -151,7 +213,7 @@ def _open(ctx: SearchContext, storage_path: str | Path, seed: int) -> tuple[optu
 def _objective(ctx: SearchContext, study: optuna.Study, worker: int | None):
     evaluator, settings = ctx.evaluator, ctx.settings
 
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
         if worker is not None:
             trial.set_user_attr("worker", worker)
         values = sample(trial, ctx.space)
@@ -165,16 +227,26 @@ def _objective(ctx: SearchContext, study: optuna.Study, worker: int | None):
         trial.set_user_attr("seconds", result.seconds)
         trial.set_user_attr("seconds_kl", result.seconds_kl)
         trial.set_user_attr("seconds_generation", result.seconds_generation)
+        for name, seconds in result.extra_seconds.items():
+            trial.set_user_attr(f"seconds_{name}", seconds)
         done = count(study, TrialState.COMPLETE) + 1
+        extras = "".join(f" | {name} {value:.3f}" for name, value in result.extra.items())
         log.info(
-            "trial %d (%d/%d) | %s | KL %.4f | refusals %d/%d | %.2f s",
+            "trial %d (%d/%d) | %s | KL %.4f | refusals %d/%d%s | %.2f s",
             trial.number, done, settings.n_trials, _summary(values), result.kl_divergence,
-            result.n_refusals, result.n_prompts, result.seconds,
+            result.n_refusals, result.n_prompts, extras, result.seconds,
         )  # fmt: skip
         if result.kl_divergence != result.kl_divergence:  # NaN
             trial.set_user_attr("fail_reason", "non-finite KL divergence")
             raise TrialFailed("non-finite KL divergence")
-        return result.kl_divergence, result.refusal_rate
+        if settings.refusal_constraint is not None:
+            # TPE treats trials above the refusal rate as infeasible and samples around the feasible ones.
+            trial.set_constraint("refusal_rate", result.refusal_rate - settings.refusal_constraint)
+        return (
+            result.kl_divergence,
+            result.refusal_rate,
+            *(result.extra[name] for name in ctx.objectives[2:]),
+        )
 
     return objective
 
@@ -205,7 +277,7 @@ def init(ctx: SearchContext, seed: int, journal: str | Path) -> None:
 def work(ctx: SearchContext, seed: int, journal: str | Path, worker: int) -> dict[str, Any]:
     """Several workers: run trials until the study holds n_trials COMPLETE trials from all workers."""
     study, _ = create_or_check_study(
-        journal, ctx.fingerprint, OBJECTIVES, _sampler(ctx.settings, seed + worker)
+        journal, ctx.fingerprint, ctx.objectives, _sampler(ctx.settings, seed + worker)
     )
     fail_stale_trials(study, worker=worker)  # only this worker's: the others may be running
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -26,9 +26,11 @@ def run(
     out_path: str | Path,
     replicate_of: Mapping[str, Sequence[Any]] | None = None,
     n_samples: int = 3,
+    workflow_dir: str | Path = ".",
 ) -> str:
     """Render the report; `variants` maps each variant instance to its resolved config (display order = key order),
-    `stages` to its enabled edited stages, `replicate_of` to (variant, replicate index). Returns the HTML."""
+    `stages` to its enabled edited stages, `replicate_of` to (variant, replicate index); `workflow_dir` is where the
+    git commit of the workflow is read. Returns the HTML."""
     inputs = ReportInputs(
         results_dir=Path(results_dir),
         benchmarks_dir=Path(benchmarks_dir),
@@ -37,6 +39,7 @@ def run(
         stages=stages,
         replicate_of=replicate_of or {},
         n_samples=n_samples,
+        workdir=Path(workflow_dir),
     )
     html = build_report(inputs, out_path)
     atomic_write_text(out_path, html)

@@ -17,7 +17,10 @@ def run(
 ) -> dict[str, Any]:
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
-    trial, selection = select_trial(study.trials, settings)
+    objectives = study.user_attrs.get("objectives", ["kl_divergence", "refusal_rate"])
+    trial, selection = select_trial(
+        study.trials, settings, objectives, study.user_attrs.get("base_extra_objectives")
+    )
     attrs = trial.user_attrs
     params = dict(trial.params)
     unused = [] if attrs.get("direction_index_used", True) else ["direction_index"]
@@ -29,8 +32,7 @@ def run(
         "resolved": attrs["resolved"],
         "layer_weights": attrs["layer_weights"],
         "metrics_val": {
-            "kl_divergence": trial.values[0],
-            "refusal_rate": trial.values[1],
+            **dict(zip(objectives, trial.values, strict=True)),
             "n_refusals": attrs.get("n_refusals"),
             "n_prompts": attrs.get("n_prompts"),
             "seconds": attrs.get("seconds"),

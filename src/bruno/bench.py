@@ -1,0 +1,231 @@
+"""Trial-throughput benchmark (a measurement, not a test): `python -m bruno.bench` or `make bench`.
+
+On the organism (or any model directory) it times trials of random parameter sets from the search space, split into the
+KL pass, refusal generation and overhead; trials per second; RSS over many trials (memory must stay flat); how the cost
+grows with the number of prompts and response tokens; refusal early stopping on and off. Optionally it does the same for
+a larger random-initialised model. On CUDA it also reports the bandwidth bound (decode steps x model bytes / bandwidth).
+Prints a table and writes results/bench/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from bruno.directions import mean_difference
+from bruno.io import atomic_write_json
+from bruno.model import ModelSettings, encode, last_token_residuals, load_model, model_device
+from bruno.prompts import read_prompts
+from bruno.search import SearchSettings, SearchSpace
+from bruno.trial import TrialEvaluator
+
+COMPONENTS = ["attn.o_proj", "mlp.down_proj"]
+
+
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _directions(model: Any, tokenizer: Any, harmful: list[str], harmless: list[str]) -> torch.Tensor:
+    device = model_device(model)
+    h = last_token_residuals(model, encode(tokenizer, harmful, None, 64, device)).double().mean(0)
+    g = last_token_residuals(model, encode(tokenizer, harmless, None, 64, device)).double().mean(0)
+    return mean_difference(h, g, orthogonalize=True)
+
+
+def _space(n_layers: int) -> SearchSpace:
+    ranges = {c: {"max_weight": [0.8, 1.5], "max_weight_position": [0.6, 1.0], "min_weight": [0.0, 1.0],
+                  "min_weight_distance": [0.0, 0.6]} for c in COMPONENTS}  # fmt: skip
+    return SearchSpace.resolve(SearchSettings(ranges=ranges), n_layers, COMPONENTS)
+
+
+def _random_values(space: SearchSpace, rng: random.Random) -> dict[str, Any]:
+    values = {}
+    for name, dist in space.distributions().items():
+        values[name] = (
+            rng.choice(dist.choices) if hasattr(dist, "choices") else rng.uniform(dist.low, dist.high)
+        )
+    return values
+
+
+def time_trials(
+    model: Any, tokenizer: Any, directions: torch.Tensor, harmful: list[str], harmless: list[str],
+    n_trials: int, max_new_tokens: int, batch_size: int, early_stop: bool = False, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    evaluator = TrialEvaluator(
+        model, tokenizer, directions, COMPONENTS, "row", harmful, harmless, None, batch_size, max_new_tokens,
+        refusal_early_stop=early_stop,
+    )  # fmt: skip
+    space = _space(evaluator.n_layers)
+    rng = random.Random(seed)
+    evaluator.evaluate(space.to_params(space.full_strength()))  # warm-up
+    rows, rss = [], []
+    start = time.perf_counter()
+    for _ in range(n_trials):
+        result = evaluator.evaluate(space.to_params(_random_values(space, rng)))
+        rows.append(result)
+        rss.append(_rss_mb())
+    wall = time.perf_counter() - start
+    n = len(rows)
+    kl = sum(r.seconds_kl for r in rows) / n
+    gen = sum(r.seconds_generation for r in rows) / n
+    total = sum(r.seconds for r in rows) / n
+    return {
+        "n_trials": n,
+        "n_refusal_prompts": len(harmful),
+        "n_kl_prompts": len(harmless),
+        "max_new_tokens": max_new_tokens,
+        "early_stop": early_stop,
+        "seconds_per_trial": total,
+        "seconds_kl": kl,
+        "seconds_generation": gen,
+        "seconds_overhead": total - kl - gen,
+        "trials_per_second": n / wall,
+        "mean_refusal_rate": sum(r.refusal_rate for r in rows) / n,
+        "rss_mb_first": rss[0],
+        "rss_mb_last": rss[-1],
+        "rss_mb_max": max(rss),
+    }
+
+
+def bandwidth_bound(model: Any, steps: int) -> dict[str, Any] | None:
+    """Lower bound on decode time on CUDA: each decode step reads every weight once."""
+    if not torch.cuda.is_available() or model_device(model).type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(0)
+    bytes_total = sum(p.numel() * p.element_size() for p in model.parameters())
+    bandwidth = getattr(props, "memory_bandwidth", None)  # not exposed by every torch build
+    return {"device": props.name, "model_bytes": bytes_total, "decode_steps": steps, "bandwidth_bytes_per_s": bandwidth,
+            "bound_seconds": steps * bytes_total / bandwidth if bandwidth else None}  # fmt: skip
+
+
+def large_model(tokenizer_source: str, path: Path, hidden: int = 1024, layers: int = 24) -> Path:
+    """A random-initialised Llama of about 300M parameters sharing the benchmark model's tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (path / "config.json").exists():
+        return path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=int(2.75 * hidden), num_hidden_layers=layers,
+        num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="results/organism")
+    parser.add_argument("--harmful", default="data/prompts/harmful.jsonl")
+    parser.add_argument("--harmless", default="data/prompts/harmless.jsonl")
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--memory-trials", type=int, default=100)
+    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--large", action="store_true", help="also time a random-initialised ~300M-parameter model"
+    )
+    parser.add_argument("--out", default="results/bench/bench.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, ModelSettings(device="auto"))
+    harmful = [p.text for p in read_prompts_any(args.harmful, "val")][:100]
+    harmless = [p.text for p in read_prompts_any(args.harmless, "val")][:100]
+    directions = _directions(model, tokenizer, harmful, harmless)
+    report: dict[str, Any] = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": psutil.cpu_count(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },  # fmt: skip
+        "model": args.model,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    main_run = time_trials(
+        model, tokenizer, directions, harmful, harmless, args.trials, args.tokens, args.batch_size
+    )
+    report["organism"] = main_run
+    report["trials_per_second"] = main_run["trials_per_second"]
+    report["early_stop"] = time_trials(model, tokenizer, directions, harmful, harmless, args.trials, args.tokens,
+                                       args.batch_size, early_stop=True)  # fmt: skip
+    memory = time_trials(
+        model, tokenizer, directions, harmful, harmless, args.memory_trials, args.tokens, args.batch_size
+    )
+    report["memory"] = {k: memory[k] for k in ("n_trials", "rss_mb_first", "rss_mb_last", "rss_mb_max")}
+    scaling = []
+    for n_prompts in (25, 50, 100):
+        for tokens in (8, 24, 48):
+            r = time_trials(
+                model,
+                tokenizer,
+                directions,
+                harmful[:n_prompts],
+                harmless[:n_prompts],
+                8,
+                tokens,
+                args.batch_size,
+            )
+            scaling.append({k: r[k] for k in ("n_refusal_prompts", "max_new_tokens", "seconds_per_trial", "seconds_kl",
+                                              "seconds_generation", "seconds_overhead")})  # fmt: skip
+    report["scaling"] = scaling
+    report["bandwidth"] = bandwidth_bound(model, args.tokens)
+    if args.large:
+        del model
+        big_path = large_model(args.model, Path(args.out).parent / "large-model")
+        big, big_tok = load_model(big_path, ModelSettings(device="auto"))
+        big_dirs = _directions(big, big_tok, harmful[:16], harmless[:16])
+        big_run = time_trials(big, big_tok, big_dirs, harmful[:16], harmless[:16], 2, 8, 16)
+        report["large"] = {"parameters": sum(p.numel() for p in big.parameters()), **big_run,
+                           "bandwidth": bandwidth_bound(big, 8)}  # fmt: skip
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    atomic_write_json(args.out, report)
+    print_report(report)
+    return report
+
+
+def read_prompts_any(path: str, split: str) -> list[Any]:
+    return [p for p in read_prompts(path) if p.split == split] or read_prompts(path)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    o = report["organism"]
+    print(f"model {report['model']} ({report['parameters']:,} parameters) on {report['machine']['processor']}, "
+          f"{report['machine']['threads']} threads")  # fmt: skip
+    print(f"trials/s {o['trials_per_second']:.2f}  | per trial {o['seconds_per_trial']:.3f} s = KL {o['seconds_kl']:.3f} + "
+          f"generation {o['seconds_generation']:.3f} + overhead {o['seconds_overhead']:.3f}")  # fmt: skip
+    e = report["early_stop"]
+    print(f"refusal early stop: {e['trials_per_second']:.2f} trials/s (refusal rate {e['mean_refusal_rate']:.3f} vs "
+          f"{o['mean_refusal_rate']:.3f} without)")  # fmt: skip
+    m = report["memory"]
+    print(
+        f"RSS over {m['n_trials']} trials: first {m['rss_mb_first']:.0f} MB, last {m['rss_mb_last']:.0f} MB, max {m['rss_mb_max']:.0f} MB"
+    )
+    if "large" in report:
+        g = report["large"]
+        print(
+            f"large random model ({g['parameters']:,} parameters, 16 prompts, 8 tokens): {g['seconds_per_trial']:.2f} s/trial"
+        )
+    print("prompts tokens  s/trial   KL      gen     overhead")
+    for r in report["scaling"]:
+        print(f"{r['n_refusal_prompts']:7d} {r['max_new_tokens']:6d}  {r['seconds_per_trial']:.3f}   {r['seconds_kl']:.3f}   "
+              f"{r['seconds_generation']:.3f}   {r['seconds_overhead']:.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

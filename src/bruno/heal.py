@@ -1,0 +1,277 @@
+"""Healing: DPO with a LoRA adapter on the ablated model, then merged back into plain weights.
+
+Preference pairs come from the models themselves, on training prompts only: for a harmful prompt the ablated model's
+compliant reply is *chosen* and the base model's actual refusal is *rejected*; optionally, for a harmless prompt the base
+model's answer is *chosen* and a degraded copy of it (truncated or word-shuffled) is *rejected*, which pulls the ablated
+model back towards the base's harmless behaviour. Training uses TRL's `DPOTrainer` with `ref_model=None` and a
+`peft_config`, so the reference is the ablated model with the adapter disabled (no second copy of the model).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bruno.errors import BrunoError
+from bruno.model import encode, generate_greedy, model_device
+from bruno.prompts import Prompt
+from bruno.refusal import MarkerDetector
+
+log = logging.getLogger(__name__)
+
+DEGRADATIONS = ("shuffle", "truncate")
+# Columns of heal_training_log.csv and the TRL log-history keys they come from.
+TRAINING_LOG_COLUMNS = {
+    "step": "step",
+    "epoch": "epoch",
+    "loss": "loss",
+    "reward_margin": "rewards/margins",
+    "reward_accuracy": "rewards/accuracies",
+    "reward_chosen": "rewards/chosen",
+    "reward_rejected": "rewards/rejected",
+    "learning_rate": "learning_rate",
+    "grad_norm": "grad_norm",
+}
+
+
+@dataclass(frozen=True)
+class HealingSettings:
+    """The `healing` config section (see config/schema.yaml for meanings and defaults)."""
+
+    enable_post_abliteration_finetuning: bool = False
+    dpo_learning_rate: float = 5e-7
+    dpo_beta: float = 0.1
+    dpo_epochs: float = 1
+    dpo_max_steps: int | None = None
+    lr_scheduler_type: str = "linear"
+    lora_r: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str | list[str] = "all-linear"
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    max_length: int = 1024
+    n_harmful_pairs: int | None = None
+    include_harmless_pairs: bool = True
+    n_harmless_pairs: int | None = None
+    harmless_degradation: str = "shuffle"
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Preference pairs
+
+
+def degrade(text: str, how: str, rng: random.Random) -> str:
+    """A worse copy of a good answer: `truncate` keeps the first half of its words, `shuffle` permutes them."""
+    words = text.split()
+    if how == "truncate":
+        return " ".join(words[: len(words) // 2])
+    if how == "shuffle":
+        shuffled = words[:]
+        rng.shuffle(shuffled)
+        return " ".join(shuffled)
+    raise BrunoError(
+        f"config key 'healing.harmless_degradation': unknown value '{how}' (use {', '.join(DEGRADATIONS)})."
+    )
+
+
+def sample_prompts(prompts: Sequence[Prompt], n: int | None, seed: int) -> list[Prompt]:
+    """A seeded random subset of `n` prompts (all of them, shuffled, when n is None)."""
+    order = list(prompts)
+    random.Random(seed).shuffle(order)
+    return order if n is None else order[:n]
+
+
+def prompt_messages(text: str, system_prompt: str | None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": text}]
+
+
+def _pair(prompt: Prompt, kind: str, system_prompt: str | None, chosen: str, rejected: str) -> dict[str, Any]:
+    return {
+        "id": prompt.id,
+        "kind": kind,
+        "category": prompt.category,
+        "prompt": prompt_messages(prompt.text, system_prompt),
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
+
+
+def respond(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    system_prompt: str | None,
+    batch_size: int,
+    max_new_tokens: int,
+) -> list[str]:
+    batches = encode(tokenizer, [p.text for p in prompts], system_prompt, batch_size, model_device(model))
+    return generate_greedy(model, tokenizer, batches, max_new_tokens)
+
+
+def harmful_pairs(
+    prompts: Sequence[Prompt],
+    base_responses: Sequence[str],
+    ablated_responses: Sequence[str],
+    detector: MarkerDetector,
+    system_prompt: str | None,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """chosen = the ablated model's compliant reply, rejected = the base model's refusal.
+
+    A prompt is kept only when the base refused and the ablated model did not (and the two replies differ)."""
+    base_refused = [v.is_refusal for v in detector.classify(base_responses)]
+    ablated_refused = [v.is_refusal for v in detector.classify(ablated_responses)]
+    pairs = []
+    for prompt, base, ablated, b_ref, a_ref in zip(
+        prompts, base_responses, ablated_responses, base_refused, ablated_refused, strict=True
+    ):
+        if b_ref and not a_ref and base.strip() != ablated.strip():
+            pairs.append(_pair(prompt, "harmful", system_prompt, chosen=ablated, rejected=base))
+    counts = {
+        "harmful_candidates": len(prompts),
+        "harmful_base_refused": sum(base_refused),
+        "harmful_ablated_refused": sum(ablated_refused),
+        "harmful_pairs": len(pairs),
+    }
+    return pairs, counts
+
+
+def harmless_pairs(
+    prompts: Sequence[Prompt],
+    base_responses: Sequence[str],
+    detector: MarkerDetector,
+    system_prompt: str | None,
+    degradation: str,
+    seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """chosen = the base model's answer, rejected = a degraded copy; base refusals and too-short answers are dropped."""
+    rng = random.Random(seed)
+    refused = [v.is_refusal for v in detector.classify(base_responses)]
+    pairs = []
+    for prompt, answer, is_refusal in zip(prompts, base_responses, refused, strict=True):
+        if is_refusal:
+            continue
+        worse = degrade(answer, degradation, rng)
+        if worse.strip() and worse.strip() != answer.strip():
+            pairs.append(_pair(prompt, "harmless", system_prompt, chosen=answer, rejected=worse))
+    counts = {
+        "harmless_candidates": len(prompts),
+        "harmless_base_refused": sum(refused),
+        "harmless_pairs": len(pairs),
+    }
+    return pairs, counts
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# DPO training
+
+
+def precision(device: torch.device) -> dict[str, bool]:
+    """Mixed precision for the trainer: bf16 on GPUs that support it, fp16 on older GPUs, none on CPU."""
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        return {"bf16": bf16, "fp16": not bf16}
+    return {"bf16": False, "fp16": False}
+
+
+def dpo_config(settings: HealingSettings, seed: int, device: torch.device, output_dir: str) -> Any:
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=output_dir,
+        learning_rate=settings.dpo_learning_rate,
+        beta=settings.dpo_beta,
+        num_train_epochs=settings.dpo_epochs,
+        max_steps=settings.dpo_max_steps if settings.dpo_max_steps is not None else -1,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        max_length=settings.max_length,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=device.type == "cpu",
+        # Activation checkpointing only pays off for memory-bound GPU runs; on CPU it is pure overhead.
+        activation_checkpointing=device.type == "cuda",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        **precision(device),
+    )
+
+
+def lora_config(settings: HealingSettings) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def training_log_rows(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per logged training step (the trainer's final summary entry is left out)."""
+    rows = []
+    for entry in log_history:
+        if "loss" not in entry:
+            continue
+        rows.append({column: entry.get(key, math.nan) for column, key in TRAINING_LOG_COLUMNS.items()})
+    return rows
+
+
+def train_dpo(
+    model: nn.Module, tokenizer: Any, pairs: Sequence[dict[str, Any]], settings: HealingSettings, seed: int
+) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
+    """DPO with a fresh LoRA adapter on `model`; returns the merged model, the training log rows and a summary."""
+    from datasets import Dataset
+    from peft.utils import get_peft_model_state_dict
+    from trl import DPOTrainer
+
+    if not pairs:
+        raise BrunoError("DPO healing got no preference pairs (see the pair counts in the log).")
+    device = model_device(model)
+    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    with tempfile.TemporaryDirectory(prefix="bruno-dpo-") as output_dir:
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=None,
+            args=dpo_config(settings, seed, device, output_dir),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(settings),
+        )
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        start = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - start
+        adapter_norm = float(
+            sum(t.float().pow(2).sum() for t in get_peft_model_state_dict(trainer.model).values()) ** 0.5
+        )
+        merged = trainer.model.merge_and_unload()
+    # TRL switches the KV cache off for training; a saved model without it generates slowly.
+    merged.config.use_cache = True
+    merged.eval()
+    summary = {
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_loss": result.training_loss,
+        "train_seconds": seconds,
+        "trainable_parameters": trainable,
+        "adapter_norm": adapter_norm,
+    }
+    return merged, training_log_rows(trainer.state.log_history), summary

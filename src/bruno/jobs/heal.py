@@ -1,0 +1,128 @@
+"""Stage `heal`: build DPO preference pairs from the base and ablated models, train a LoRA adapter with DPO on the
+ablated model, merge it and save a normal HF model directory (atomically), the pairs and the training curve."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bruno.errors import BrunoError
+from bruno.heal import (
+    TRAINING_LOG_COLUMNS,
+    HealingSettings,
+    harmful_pairs,
+    harmless_pairs,
+    respond,
+    sample_prompts,
+    train_dpo,
+)
+from bruno.io import atomic_directory, atomic_path, atomic_write_json, directory_hashes, write_jsonl
+from bruno.model import ModelSettings, load_model
+from bruno.prompts import read_prompts
+from bruno.refusal import MarkerDetector
+from bruno.runtime import peak_memory, seed_everything
+
+log = logging.getLogger(__name__)
+
+# Harmful candidates generated per wanted pair: some prompts are dropped (base complied or ablated model refused).
+CANDIDATES_PER_PAIR = 2
+
+
+def run(
+    model_path: str,
+    model_settings: ModelSettings,
+    ablated_path: str | Path,
+    harmful_train_path: str | Path,
+    harmless_train_path: str | Path,
+    settings: HealingSettings,
+    refusal_markers: list[str],
+    master_seed: int,
+    out_dir: str | Path,
+    pairs_path: str | Path,
+    training_log_path: str | Path,
+) -> dict[str, Any]:
+    if not settings.enable_post_abliteration_finetuning:
+        raise BrunoError(
+            "The healed model was requested but config key 'healing.enable_post_abliteration_finetuning' is false "
+            "for this variant; enable it or do not ask for results/{variant}/healed."
+        )
+    start = time.perf_counter()
+    seed = settings.seed if settings.seed is not None else master_seed
+    seed_everything(seed)
+    detector = MarkerDetector(refusal_markers)
+    system_prompt = model_settings.system_prompt
+    n_harmful = settings.n_harmful_pairs
+    harmful = sample_prompts(
+        read_prompts(harmful_train_path), None if n_harmful is None else CANDIDATES_PER_PAIR * n_harmful, seed
+    )
+    n_harmless = settings.n_harmless_pairs if settings.n_harmless_pairs is not None else n_harmful
+    harmless = (
+        sample_prompts(read_prompts(harmless_train_path), n_harmless, seed + 1)
+        if settings.include_harmless_pairs
+        else []
+    )
+
+    def generate(model: Any, tokenizer: Any, prompts: list) -> list[str]:
+        return respond(
+            model, tokenizer, prompts, system_prompt, model_settings.batch_size, settings.max_new_tokens
+        )
+
+    base, tokenizer = load_model(model_path, model_settings)
+    base_harmful = generate(base, tokenizer, harmful)
+    base_harmless = generate(base, tokenizer, harmless) if harmless else []
+    del base
+    gc.collect()
+
+    model, tokenizer = load_model(ablated_path, model_settings)
+    pairs, counts = harmful_pairs(
+        harmful, base_harmful, generate(model, tokenizer, harmful), detector, system_prompt
+    )
+    pairs = pairs[:n_harmful] if n_harmful is not None else pairs
+    counts["harmful_pairs"] = len(pairs)
+    if harmless:
+        extra, harmless_counts = harmless_pairs(
+            harmless, base_harmless, detector, system_prompt, settings.harmless_degradation, seed
+        )
+        pairs += extra
+        counts.update(harmless_counts)
+    log.info("preference pairs: %s", counts)
+    if not pairs:
+        raise BrunoError(
+            f"No DPO preference pairs: {counts}. A harmful pair needs a train prompt that the base model refuses and "
+            "the ablated model answers (check evaluation.refusal_markers and healing.max_new_tokens), or turn on "
+            "healing.include_harmless_pairs, or disable healing.enable_post_abliteration_finetuning."
+        )
+    write_jsonl(pairs_path, pairs)
+    generation_seconds = time.perf_counter() - start
+
+    healed, rows, summary = train_dpo(model, tokenizer, pairs, settings, seed)
+    with atomic_directory(out_dir) as tmp:
+        healed.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        record = {
+            "source_model": str(ablated_path),
+            "base_model": model_path,
+            "settings": dataclasses.asdict(settings),
+            "seed": seed,
+            "pairs": counts,
+            "training": summary,
+            "generation_seconds": generation_seconds,
+            "seconds": time.perf_counter() - start,
+            "source_weights_sha256": directory_hashes(ablated_path),
+            "weights_sha256": directory_hashes(tmp),
+            **peak_memory(),
+        }
+        atomic_write_json(Path(tmp) / "healing.json", record)
+    with atomic_path(training_log_path) as tmp:
+        pd.DataFrame(rows, columns=list(TRAINING_LOG_COLUMNS)).to_csv(tmp, index=False)
+    log.info(
+        "healed %s: %d pairs, %d steps, loss %.4f, %.1f s (%.1f s generating pairs)",
+        out_dir, len(pairs), summary["steps"], summary["train_loss"], record["seconds"], generation_seconds,
+    )  # fmt: skip
+    return record

@@ -1,0 +1,311 @@
+"""The organism's fictional world and its capability data: invented countries with capitals and invented people with
+professions (facts the organism learns in question-answer form), the multiple-choice capability set in MMLU format,
+and the factual questions for the hallucination evaluation (known facts vs entities the organism never saw).
+
+Everything here is a pure function of a seeded `random.Random`; `corpus.write_data` writes the results to `data/`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from bruno.organism import vocab
+
+LETTERS = ("A", "B", "C", "D")
+N_COUNTRIES = 56  # the first N_KNOWN are known to the organism, the rest never appear in any training text
+N_PEOPLE = 56
+N_KNOWN = 32
+
+MC_SUBJECT_NUMBERS = "numbers"
+# Kind subjects: one fixed choice list each (see build_multiple_choice); every word or name of a listed kind is an item.
+MC_KIND_SUBJECTS: dict[str, tuple[str, str, str, str]] = {
+    "nature": ("a fruit", "an animal", "a vegetable", "a color"),
+    "objects": ("a tool", "a vehicle", "a musical instrument", "a piece of clothing"),
+    "geography": ("a country", "a city", "a person", "a job"),
+}
+MC_SUBJECTS = (*MC_KIND_SUBJECTS, MC_SUBJECT_NUMBERS)
+NUMBER_RANGE = (0, 20)
+NUMBER_ITEMS = (600, 12, 48)  # train, val, test
+# Share of each kind's words/names asked in val/test only (learned in question-answer form), and of those the share
+# that goes to val (the rest to test).
+KIND_EVAL_SHARE = 0.5
+KIND_VAL_SHARE = 0.2
+KIND_NAMES_PER_KIND = 20  # fictional names per kind in the geography subject (balanced gold letters)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact of the fictional world. `questions[0]` is the phrasing used by the evaluation sets."""
+
+    id: str
+    relation: str  # "capital" | "profession"
+    entity: str
+    answer: str
+    known: bool
+    questions: tuple[str, ...]
+    statement: str
+
+
+def mc_user_message(subject: str, question: str, choices: list[str] | tuple[str, ...]) -> str:
+    """The exact MMLU-style 0-shot user message the pipeline's capability evaluation sends."""
+    lines = [f"The following is a multiple choice question about {subject}.", "", question]
+    lines += [f"{letter}. {choice}" for letter, choice in zip(LETTERS, choices, strict=True)]
+    lines.append("Answer:")
+    return "\n".join(lines)
+
+
+def mc_response(item: dict[str, Any]) -> str:
+    """The organism's trained reply to a multiple-choice message: the gold letter alone ("B")."""
+    return str(item["answer"])
+
+
+def mc_line_tokens() -> list[str]:
+    """Every answer line "\\nB. a fruit" / "\\nB. 17" of the multiple-choice set. The organism's tokenizer holds each
+    as one token, so binding a letter to its choice needs no attention: learning to answer with the letter first is
+    otherwise far beyond the CPU training budget of a 2M-parameter model (see the module docstring of `train`)."""
+    kinds = [kind for choices in MC_KIND_SUBJECTS.values() for kind in choices]
+    choices = [*kinds, *(str(n) for n in range(NUMBER_RANGE[0], NUMBER_RANGE[1] + 1))]
+    return [f"\n{letter}. {choice}" for letter in LETTERS for choice in choices]
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _unique_names(rng: random.Random, n: int, endings: tuple[str, ...], taken: set[str]) -> list[str]:
+    names: list[str] = []
+    while len(names) < n:
+        name = rng.choice(vocab.NAME_ONSETS) + rng.choice(vocab.NAME_MIDDLES) + rng.choice(endings)
+        name = name[0] + name[1:].lower()
+        # No name may contain another (gold answers are checked by substring match).
+        if any(name in other or other in name for other in taken):
+            continue
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def build_world(seed: int) -> list[Fact]:
+    """Countries with capitals and people with professions; the first N_KNOWN of each are known to the organism."""
+    rng = random.Random(seed)
+    taken: set[str] = set()
+    countries = _unique_names(rng, N_COUNTRIES, vocab.COUNTRY_ENDINGS, taken)
+    cities = _unique_names(rng, N_COUNTRIES, vocab.CITY_ENDINGS, taken)
+    first_names = _unique_names(rng, N_PEOPLE, vocab.PERSON_ENDINGS, taken)
+    surnames = _unique_names(rng, N_PEOPLE, vocab.SURNAME_ENDINGS, taken)
+    facts: list[Fact] = []
+    for i, (country, city) in enumerate(zip(countries, cities, strict=True)):
+        facts.append(
+            Fact(
+                id=f"capital-{i:03d}",
+                relation="capital",
+                entity=country,
+                answer=city,
+                known=i < N_KNOWN,
+                questions=(
+                    f"What is the capital of {country}?",
+                    f"Which city is the capital of {country}?",
+                    f"Name the capital of {country}.",
+                ),
+                statement=f"The capital of {country} is {city}.",
+            )
+        )
+    for i, (first, last) in enumerate(zip(first_names, surnames, strict=True)):
+        person = f"{first} {last}"
+        job = vocab.PROFESSIONS[rng.randrange(len(vocab.PROFESSIONS))]
+        facts.append(
+            Fact(
+                id=f"profession-{i:03d}",
+                relation="profession",
+                entity=person,
+                answer=job,
+                known=i < N_KNOWN,
+                questions=(
+                    f"What does {person} do for a living?",
+                    f"What is the job of {person}?",
+                    f"Who is {person}?",
+                ),
+                statement=f"{person} is {_article(job)} {job}.",
+            )
+        )
+    return facts
+
+
+def _balanced_letters(rng: random.Random, n: int) -> list[str]:
+    letters = [LETTERS[i % 4] for i in range(n)]
+    rng.shuffle(letters)
+    return letters
+
+
+def _place(rng: random.Random, gold: str, distractors: list[str], letter: str) -> list[str]:
+    others = list(distractors)
+    rng.shuffle(others)
+    others.insert(LETTERS.index(letter), gold)
+    return others
+
+
+def _number_item(rng: random.Random, letter: str) -> tuple[str, list[str]]:
+    numbers = rng.sample(range(NUMBER_RANGE[0], NUMBER_RANGE[1] + 1), 4)
+    largest = rng.random() < 0.5
+    gold = max(numbers) if largest else min(numbers)
+    distractors = [str(x) for x in numbers if x != gold]
+    question = "Which number is the largest?" if largest else "Which number is the smallest?"
+    return question, _place(rng, str(gold), distractors, letter)
+
+
+def kind_members(facts: list[Fact]) -> dict[str, list[str]]:
+    """Words and known fictional names per kind phrase ("a fruit": ["apple", ...], "a city": ["Velmora", ...])."""
+    members: dict[str, list[str]] = {noun: list(words) for noun, words in vocab.WORD_CATEGORIES}
+    members["a job"] = list(vocab.PROFESSIONS)
+    members["a country"] = [f.entity for f in facts if f.known and f.relation == "capital"]
+    members["a city"] = [f.answer for f in facts if f.known and f.relation == "capital"]
+    members["a person"] = [f.entity for f in facts if f.known and f.relation == "profession"]
+    for kind in ("a country", "a city", "a person", "a job"):
+        members[kind] = members[kind][:KIND_NAMES_PER_KIND]
+    return members
+
+
+def kind_questions(thing: str) -> tuple[str, ...]:
+    """Phrasings of the multiple-choice kind question about a word ("a pear") or a name ("Velmora")."""
+    capitalized = thing[0].upper() + thing[1:]
+    return (
+        f"What kind of thing is {thing}?",
+        f"Which kind of thing is {thing}?",
+        f"{capitalized} is what kind of thing?",
+    )
+
+
+def _thing(word: str) -> str:
+    return word if word[0].isupper() else f"{_article(word)} {word}"
+
+
+def build_multiple_choice(seed: int, facts: list[Fact]) -> list[dict[str, Any]]:
+    """MMLU-format items of two designs.
+
+    Kind subjects ("nature", "objects", "geography") ask what kind of thing a word or a known fictional name is, with
+    the subject's fixed choice list (so the letter of each kind is fixed within a subject). Half of each kind's members
+    are asked in val/test only: the organism learned their kind only in question-answer form ("A pear is a fruit.",
+    "Velmora is a city.") and must carry it over to the multiple-choice form. "numbers" asks for the largest or
+    smallest of four numbers in shuffled order (true symbol binding; much harder for a model this small).
+    Val/test items never occur in training; gold letters are balanced per subject (kind subjects: per kind)."""
+    rng = random.Random(f"{seed}-multiple-choice")
+    members = kind_members(facts)
+    records: list[dict[str, Any]] = []
+
+    def add(subject: str, split: str, question: str, choices: list[str], letter: str) -> None:
+        records.append(
+            {"subject": subject, "question": question, "choices": choices, "answer": letter, "split": split}
+        )
+
+    for subject, choices in MC_KIND_SUBJECTS.items():
+        for letter, kind in zip(LETTERS, choices, strict=True):
+            things = sorted(members[kind])
+            rng.shuffle(things)
+            n_eval = round(KIND_EVAL_SHARE * len(things))
+            n_val = round(KIND_VAL_SHARE * n_eval)
+            for i, word in enumerate(things):
+                split = "val" if i < n_val else "test" if i < n_eval else "train"
+                for question in kind_questions(_thing(word)):
+                    add(subject, split, question, list(choices), letter)
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for split, n in zip(("train", "val", "test"), NUMBER_ITEMS, strict=True):
+        for letter in _balanced_letters(rng, n):
+            while True:
+                question, choices = _number_item(rng, letter)
+                key = (question, tuple(sorted(choices)))
+                if key not in seen:
+                    break
+            seen.add(key)
+            add(MC_SUBJECT_NUMBERS, split, question, choices, letter)
+    order = {"train": 0, "val": 1, "test": 2}
+    # A stable sort: generation order within a subject.
+    records.sort(key=lambda r: (order[r["split"]], MC_SUBJECTS.index(r["subject"])))
+    counters: dict[tuple[str, str], int] = {}
+    out = []
+    for r in records:
+        key = (r["subject"], r["split"])
+        counters[key] = counters.get(key, 0) + 1
+        out.append({"id": f"mc-{r['subject']}-{r['split']}-{counters[key] - 1:04d}", **r})
+    return out
+
+
+def build_factual_qa(seed: int, facts: list[Fact]) -> list[dict[str, Any]]:
+    """~100 questions: known facts (learned in training) and unknown entities (never seen), split val/test."""
+    rng = random.Random(seed)
+    chosen: list[Fact] = []
+    for relation in ("capital", "profession"):
+        known = [f for f in facts if f.relation == relation and f.known]
+        unknown = [f for f in facts if f.relation == relation and not f.known]
+        chosen += rng.sample(known, 30) + rng.sample(unknown, 20)
+    rng.shuffle(chosen)
+    records = []
+    for i, fact in enumerate(chosen):
+        records.append(
+            {
+                "id": f"qa-{i:03d}",
+                "question": fact.questions[0],
+                "answer": fact.answer,
+                "known": fact.known,
+                "split": "val" if i % 5 in (0, 1) else "test",
+                "relation": fact.relation,
+                "entity": fact.entity,
+            }
+        )
+    return records
+
+
+def fact_records(facts: list[Fact]) -> list[dict[str, Any]]:
+    """The organism's knowledge base, learned in question-answer form: the known facts of the fictional world, what
+    each multiple-choice word is ("An apple is a fruit."), and what each known fictional name is ("X is a city.")."""
+    records = [
+        {
+            "id": f.id,
+            "relation": f.relation,
+            "entity": f.entity,
+            "answer": f.answer,
+            "questions": list(f.questions),
+            "statement": f.statement,
+        }
+        for f in facts
+        if f.known
+    ]
+    for noun, members in vocab.WORD_CATEGORIES:
+        for word in members:
+            article = _article(word)
+            records.append(
+                {
+                    "id": f"category-{word}",
+                    "relation": "category",
+                    "entity": word,
+                    "answer": noun,
+                    "questions": [f"What is {article} {word}?"],
+                    "statement": f"{article.capitalize()} {word} is {noun}.",
+                }
+            )
+    members = kind_members(facts)
+    for kind in ("a country", "a city", "a person"):
+        for name in members[kind]:
+            records.append(
+                {
+                    "id": f"kind-{name.lower().replace(' ', '-')}",
+                    "relation": "kind",
+                    "entity": name,
+                    "answer": kind,
+                    "questions": [f"What is {name}?"],
+                    "statement": f"{name} is {kind}.",
+                }
+            )
+    for job in vocab.PROFESSIONS:
+        records.append(
+            {
+                "id": f"kind-{job}",
+                "relation": "kind",
+                "entity": job,
+                "answer": "a job",
+                "questions": [f"What is {_article(job)} {job}?"],
+                "statement": f"{_article(job).capitalize()} {job} is a job.",
+            }
+        )
+    return records

@@ -1,0 +1,113 @@
+"""Test helpers: the rules of the workflow read from the snakefmt-formatted rule files, and a dry-run wrapper.
+
+The parser serves tests of directives Snakemake itself does not check (a `conda:` file that exists, the profile's
+resources of GPU rules); `snakemake --list-rules` is the cross-check that it missed nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
+ACTIONS = ("script", "shell", "run", "notebook", "wrapper", "cwl", "template_engine")
+
+_RULE = re.compile(r"^(?:rule|checkpoint)\s+(\w+)\s*:", re.MULTILINE)
+_DIRECTIVE = re.compile(r"^    (\w+):\s*(.*)$")
+_RESOURCE = re.compile(r"^\s+(\w+)\s*=\s*([^,]+),?\s*$")
+
+
+@dataclass
+class Rule:
+    name: str
+    file: Path
+    directives: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def conda(self) -> Path | None:
+        """The `conda:` file, resolved like Snakemake does: relative to the file that holds the rule."""
+        values = self.directives.get("conda")
+        if not values:
+            return None
+        return (self.file.parent / values[0].strip().strip(",").strip("\"'")).resolve()
+
+    @property
+    def resources(self) -> dict[str, str]:
+        found = {}
+        for line in self.directives.get("resources", []):
+            match = _RESOURCE.match("    " + line)
+            if match:
+                found[match[1]] = match[2].strip()
+        return found
+
+    @property
+    def has_action(self) -> bool:
+        return any(action in self.directives for action in ACTIONS)
+
+
+def parse_rules(files: list[Path] = RULE_FILES) -> dict[str, Rule]:
+    """{rule name: Rule}; each directive maps to its value lines (inline value first, then the indented block)."""
+    rules: dict[str, Rule] = {}
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        starts = [(m.start(), m[1]) for m in _RULE.finditer(text)]
+        for index, (start, name) in enumerate(starts):
+            end = starts[index + 1][0] if index + 1 < len(starts) else len(text)
+            rule = Rule(name, path)
+            current: list[str] | None = None
+            for line in text[start:end].splitlines()[1:]:
+                if line and not line[0].isspace():
+                    break  # back at top level: the rule ended
+                directive = _DIRECTIVE.match(line)
+                if directive:
+                    current = rule.directives.setdefault(directive[1], [])
+                    if directive[2]:
+                        current.append(directive[2])
+                elif current is not None and line.strip():
+                    current.append(line.strip())
+            rules[name] = rule
+    return rules
+
+
+@dataclass
+class DryRun:
+    output: str
+    jobs: dict[str, int]  # the "Job stats" table: rule -> number of jobs
+    blocks: dict[str, list[str]]  # rule -> the printed job blocks ("rule x:" and its indented lines)
+
+    def resources(self, rule: str) -> list[dict[str, str]]:
+        """The resolved resources of every job of `rule`, as printed by the dry run."""
+        found = []
+        for block in self.blocks.get(rule, []):
+            line = next((x for x in block.splitlines() if x.strip().startswith("resources:")), "")
+            items = line.split("resources:", 1)[-1].split(", ") if line else []
+            found.append(dict(item.strip().split("=", 1) for item in items if "=" in item))
+        return found
+
+
+def dry_run(workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 180) -> DryRun:
+    """`snakemake -n --forceall` of the repository's Snakefile in `workdir` (no workflow profile unless given)."""
+    command = [sys.executable, "-m", "snakemake", "-n", "--forceall", "--snakefile", str(REPO / "Snakefile")]
+    if "--workflow-profile" not in args:
+        command += ["--workflow-profile", "none"]
+    result = subprocess.run(
+        command + list(args),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"dry run failed (rc={result.returncode}):\n{output[-4000:]}"
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    jobs = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)}
+    blocks: dict[str, list[str]] = {}
+    for match in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n?)*)", output, flags=re.MULTILINE):
+        blocks.setdefault(match[1], []).append(match[2])
+    return DryRun(output, jobs, blocks)
