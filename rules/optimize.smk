@@ -14,6 +14,8 @@ rule init_study:
         touch("results/{variant}/optuna/init.done"),
     log:
         "logs/init_study/{variant}.log",
+    benchmark:
+        "benchmarks/init_study/{variant}.tsv"
     conda:
         "../envs/bruno.yaml"
     threads: MODEL_JOB_THREADS
@@ -109,6 +111,8 @@ rule select:
         ),
     log:
         "logs/select/{variant}.log",
+    benchmark:
+        "benchmarks/select/{variant}.tsv"
     localrule: True
     conda:
         "../envs/bruno.yaml"

@@ -7,6 +7,8 @@ rule prompts:
         manifest="results/prompts/manifest.json",
     log:
         "logs/prompts/prompts.log",
+    benchmark:
+        "benchmarks/prompts/prompts.tsv"
     localrule: True
     conda:
         "../envs/bruno.yaml"

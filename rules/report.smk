@@ -10,6 +10,8 @@ rule report:
         ),
     log:
         "logs/report/report.log",
+    benchmark:
+        "benchmarks/report/report.tsv"
     conda:
         "../envs/bruno.yaml"
     params:

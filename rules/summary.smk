@@ -14,6 +14,8 @@ rule ab_summary:
         significance="results/ab_significance.csv",
     log:
         "logs/ab_summary/ab_summary.log",
+    benchmark:
+        "benchmarks/ab_summary/ab_summary.tsv"
     localrule: True
     conda:
         "../envs/bruno.yaml"

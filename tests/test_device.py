@@ -210,7 +210,7 @@ def test_auto_batch_size_limits():
 
 def test_resolve_batch_size(tiny_model_dir):
     model, tokenizer = load_model(tiny_model_dir, ModelSettings())
-    texts = ["How do I bake bread?", "hi"] * 30
+    texts = ["How do I bake bread?", "hi"] * 100
     assert gpu.resolve_batch_size(7, model, tokenizer, texts) == 7
     assert gpu.resolve_batch_size(0, model, tokenizer, texts) == gpu.CPU_AUTO_BATCH_SIZE
     assert gpu.resolve_batch_size(0, model, tokenizer, texts[:5]) == 5

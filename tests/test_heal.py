@@ -88,9 +88,18 @@ def test_harmless_pairs_drop_base_refusals_and_too_short_answers():
     assert counts == {"harmless_candidates": 3, "harmless_base_refused": 1, "harmless_pairs": 1}
 
 
+def test_loss_weights_must_match_loss_types():
+    with pytest.raises(BrunoError, match="healing.dpo_loss_weights"):
+        HealingSettings(dpo_loss_type=["sigmoid", "sft"], dpo_loss_weights=[1.0])
+    assert HealingSettings(dpo_loss_type=["sigmoid", "sft"], dpo_loss_weights=[1.0, 0.5]).dpo_loss_weights
+
+
 def test_settings_match_schema():
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]["healing"]
-    fields = {f.name: f.default for f in dataclasses.fields(HealingSettings)}
+    fields = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(HealingSettings)
+    }
     assert set(fields) == set(schema["properties"])
     for name, spec in schema["properties"].items():
         assert spec["default"] == fields[name], name

@@ -158,6 +158,26 @@ def test_directions_compute_applies_projection_to_every_set_and_records_fallback
     assert "calibration_factor" in tensors
 
 
+@pytest.mark.parametrize("method", ["mean_difference", "ensemble_probe_pca"])
+def test_cones_with_more_directions_than_pca_components_load(method):
+    # Regression: with one refusal direction and two directions per cone, the weights list was one short.
+    a, b = unit(40), unit(41)
+    harmful = torch.cat([planted(30, a, 3.0, 42), planted(30, b, 3.0, 43)]) + 2.0 * unit(44)
+    harmless = planted(40, torch.zeros(D), 0.0, 45) + 2.0 * unit(44)
+    settings = {
+        "direction_method": method, "orthogonalize_direction": True, "n_refusal_directions": 1,
+        "pca_alpha": 1.0, "eigenvalue_weight_method": "softmax", "eigenvalue_weight_temperature": 1.0,
+        "ensemble_weight_probe": 0.7, "ensemble_weight_pca": 0.3, "use_concept_cones": True, "n_concept_cones": 2,
+        "min_cone_size": 5, "directions_per_cone": 2, "min_silhouette_score": 0.1, "cone_layer_fraction": None,
+        "use_caa": False, "use_activation_calibration": False,
+    }  # fmt: skip
+    tensors, meta = compute(harmful, harmless, ["w"] * 30 + ["f"] * 30, settings, seed=0)
+    assert meta["concept_cones"]["status"] == "used"
+    assert tensors["cone_direction_weights"].shape == (2,)
+    cones = DirectionSet.from_payload({**tensors, "metadata": meta}).cones
+    assert len(cones) == 2 and all(len(directions) == 2 for _, directions in cones)
+
+
 def test_cone_edits_use_every_cone_weighted_by_share(tiny_model_dir):
     from bruno.model import ModelSettings, load_model
 
@@ -210,3 +230,22 @@ def test_warm_start_from_previous_study(tmp_path):
         {"direction_index": 9.0},
         {"direction_index": 4.0},
     ]  # fewest refusals, then KL; clipped into [4, 9]
+
+
+def test_cone_weighting_modes_set_each_cones_edit_strength():
+    from bruno.jobs.directions import cone_weights
+
+    shares = torch.tensor([0.2, 0.5, 0.3])
+    assert torch.equal(cone_weights(shares, "uniform"), torch.ones(3))
+    assert torch.allclose(cone_weights(shares, "relative_share"), torch.tensor([0.4, 1.0, 0.6]))
+    assert torch.equal(cone_weights(shares, "share"), shares)
+    rows = torch.randn(3, 2, 4, 8)
+    payload = {"directions": rows[0, 0], "cone_directions": rows, "cone_shares": shares,
+               "cone_direction_weights": torch.tensor([1.0, 0.5])}  # fmt: skip
+    assert [s for s, _ in DirectionSet.from_payload(payload).cones] == pytest.approx(
+        [0.2, 0.5, 0.3]
+    )  # old files
+    payload["cone_weights"] = cone_weights(shares, "uniform")
+    dset = DirectionSet.from_payload(payload)
+    assert [s for s, _ in dset.cones] == [1.0, 1.0, 1.0]
+    assert [w for _, w in dset.refusal_sets()] == [1.0, 0.5] * 3

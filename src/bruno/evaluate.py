@@ -94,11 +94,15 @@ def refusal_rows(
     prompt_sets: dict[str, Sequence[Prompt]], responses: dict[str, Sequence[str]], detector: RefusalDetector
 ) -> list[dict[str, Any]]:
     rows = []
-    markers = MarkerDetector()  # heretic's list, always recorded beside the configured detector for comparability
+    markers = (
+        MarkerDetector()
+    )  # heretic's list, always recorded beside the configured detector for comparability
     for set_name, prompts in prompt_sets.items():
         verdicts = detector.classify(responses[set_name], [p.text for p in prompts])
         marker_verdicts = markers.classify(responses[set_name])
-        for prompt, response, verdict, marker in zip(prompts, responses[set_name], verdicts, marker_verdicts, strict=True):
+        for prompt, response, verdict, marker in zip(
+            prompts, responses[set_name], verdicts, marker_verdicts, strict=True
+        ):
             rows.append(
                 {
                     "prompt_id": prompt.id,

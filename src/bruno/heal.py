@@ -15,7 +15,7 @@ import random
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,6 +50,8 @@ class HealingSettings:
     enable_post_abliteration_finetuning: bool = False
     dpo_learning_rate: float = 5e-7
     dpo_beta: float = 0.1
+    dpo_loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    dpo_loss_weights: list[float] | None = None
     dpo_epochs: float = 1
     dpo_max_steps: int | None = None
     lr_scheduler_type: str = "linear"
@@ -66,6 +68,13 @@ class HealingSettings:
     harmless_degradation: str = "shuffle"
     max_new_tokens: int = 256
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dpo_loss_weights is not None and len(self.dpo_loss_weights) != len(self.dpo_loss_type):
+            raise BrunoError(
+                f"config key 'healing.dpo_loss_weights' has {len(self.dpo_loss_weights)} entries but "
+                f"'healing.dpo_loss_type' has {len(self.dpo_loss_type)}; give one weight per loss type or null."
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -193,6 +202,8 @@ def dpo_config(settings: HealingSettings, seed: int, device: torch.device, outpu
         output_dir=output_dir,
         learning_rate=settings.dpo_learning_rate,
         beta=settings.dpo_beta,
+        loss_type=list(settings.dpo_loss_type),
+        loss_weights=list(settings.dpo_loss_weights) if settings.dpo_loss_weights is not None else None,
         num_train_epochs=settings.dpo_epochs,
         max_steps=settings.dpo_max_steps if settings.dpo_max_steps is not None else -1,
         lr_scheduler_type=settings.lr_scheduler_type,

@@ -7,6 +7,7 @@ model directory behind: content is written to a temporary sibling and renamed in
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -80,9 +81,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory next to `path`; on success it replaces `path`, on error it is deleted.
 
-    A stale temporary directory from a killed job is never picked up: each call creates a fresh one."""
+    A stale temporary directory left by a killed job is never picked up: it is removed here and each call creates a
+    fresh one (Snakemake runs at most one job per output, so any sibling of that name is stale)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())
     try:

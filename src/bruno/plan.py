@@ -71,7 +71,7 @@ class DirectionSet:
     extras: list[tuple[torch.Tensor, float]] = field(default_factory=list)  # ([L+1, d], relative weight)
     cones: list[tuple[float, list[tuple[torch.Tensor, float]]]] = field(
         default_factory=list
-    )  # (share, [(rows, w)])
+    )  # (edit strength: 1, relative share or share; [(rows, w)])
     caa: torch.Tensor | None = None  # [L+1, d]
     caa_strength: float = 0.0
     harmless_mean: torch.Tensor | None = None  # [L+1, d], needed by biprojection
@@ -88,7 +88,10 @@ class DirectionSet:
         cones = []
         if "cone_directions" in payload:
             weights = payload["cone_direction_weights"].tolist()
-            for share, rows in zip(payload["cone_shares"].tolist(), payload["cone_directions"], strict=True):
+            strengths = payload.get(
+                "cone_weights", payload["cone_shares"]
+            ).tolist()  # older files: share-weighted
+            for share, rows in zip(strengths, payload["cone_directions"], strict=True):
                 cones.append((share, [(r, weights[j]) for j, r in enumerate(rows)]))
         return cls(
             primary=payload["directions"],

@@ -46,7 +46,7 @@ class SearchSettings:
     n_refusal_prompts: int = 100
     n_kl_prompts: int = 100
     max_new_tokens: int = 100
-    batch_size: int = 64
+    batch_size: int = 0
     max_failed_trials: int = 20
     optimize_workers: int = 1
     refusal_early_stop: bool = False
@@ -349,9 +349,21 @@ def run_study(
     `max_failed_trials` failures in this run."""
     failed_before = count(study, TrialState.FAIL)
     cap = optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
+
+    def stop_on_failures(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if (
+            trial.state == TrialState.FAIL
+            and count(study, TrialState.FAIL) - failed_before >= max_failed_trials
+        ):
+            study.stop()
+
     while (remaining := n_trials - count(study, TrialState.COMPLETE)) > 0:
         study.optimize(
-            objective, n_trials=remaining, catch=(TrialFailed,), gc_after_trial=False, callbacks=[cap]
+            objective,
+            n_trials=remaining,
+            catch=(TrialFailed,),
+            gc_after_trial=False,
+            callbacks=[cap, stop_on_failures],
         )
         failed = count(study, TrialState.FAIL) - failed_before
         if failed >= max_failed_trials:

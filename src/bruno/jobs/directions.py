@@ -35,6 +35,17 @@ def _project(rows: torch.Tensor, harmless_mean: torch.Tensor) -> torch.Tensor:
     return (rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-12)).float()
 
 
+def cone_weights(shares: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Edit strength per cone from its share of harmful prompts (see `directions.cone_weighting`)."""
+    if weighting == "uniform":
+        return torch.ones_like(shares)
+    if weighting == "relative_share":
+        return shares / shares.max()
+    if weighting == "share":
+        return shares.clone()
+    raise ValueError(f"unknown cone_weighting {weighting!r}")
+
+
 def compute(
     harmful: torch.Tensor,
     harmless: torch.Tensor,
@@ -102,8 +113,13 @@ def compute(
                 [torch.stack([finish(cones.directions[c, j]) for j in range(k)]) for c in range(n)]
             )
             tensors["cone_shares"] = torch.tensor(cones.shares)
-            weights = [1.0] + ([*pca.weights[1:k].tolist()] if pca is not None and k > 1 else [1.0] * (k - 1))
-            tensors["cone_direction_weights"] = torch.tensor(weights[:k])
+            tensors["cone_weights"] = cone_weights(
+                tensors["cone_shares"], settings.get("cone_weighting", "uniform")
+            )
+            # The cone's j-th direction is weighted like the j-th PCA component where the method has one, else 1.
+            pca_weights = pca.weights.tolist() if pca is not None else []
+            weights = [1.0] + [pca_weights[j] if j < len(pca_weights) else 1.0 for j in range(1, k)]
+            tensors["cone_direction_weights"] = torch.tensor(weights)
             log.info("concept cones: %s", cones.reason)
         else:
             log.warning(
