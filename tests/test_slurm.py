@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, build_tiny_model
+from workflow_rules import parse_rules
 
 pytestmark = pytest.mark.slurm
 
@@ -194,16 +195,19 @@ def test_pipeline_through_slurm(cluster, tmp_path: Path) -> None:
     ):
         assert (workdir / output).is_file(), f"missing output {output}"
 
-    # Every job went through sbatch: the plugin writes one log per SLURM job id, per rule, under .snakemake/.
-    expected = planned_rules(log)
-    assert {"prompts", "directions", "optimize", "abliterate", "evaluate_base", "report"} <= expected, (
-        expected
-    )
+    # Every job except the declared local rules (seconds of bookkeeping on the head node) went through sbatch: the
+    # plugin writes one log per SLURM job id, per rule, under .snakemake/.
+    planned = planned_rules(log)
+    local = {rule.name for rule in parse_rules().values() if "localrule" in rule.directives}
+    assert {"prompts", "select", "ab_summary"} <= local, local
+    expected = planned - local
+    assert {"directions", "optimize", "abliterate", "evaluate_base", "report"} <= expected, expected
     slurm_logs = workdir / ".snakemake" / "slurm_logs"
     job_logs = list(slurm_logs.rglob("*.log"))
     assert all(p.stem.isdigit() for p in job_logs), "SLURM job logs are named after job ids"
     with_logs = {p.relative_to(slurm_logs).parts[0].removeprefix("rule_") for p in job_logs}
     assert expected <= with_logs, f"rules without a SLURM job log: {sorted(expected - with_logs)}"
+    assert not (with_logs & local), f"local rules submitted to SLURM: {sorted(with_logs & local)}"
 
     # SLURM itself lists them (finished jobs stay for MinJobAge): COMPLETED, in partition `debug` under account `ci`;
     # the GPU rules with one GPU and one CPU per GPU, from the profile's `gpu` and `cpus_per_gpu`.
