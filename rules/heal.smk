@@ -4,6 +4,8 @@ rule heal:
         ablated="results/{variant}/ablated",
         harmful=prompt_file("harmful", "train"),
         harmless=prompt_file("harmless", "train"),
+        harmful_val=prompt_file("harmful", "val"),
+        harmless_val=prompt_file("harmless", "val"),
     output:
         model=directory("results/{variant}/healed"),
         pairs="results/{variant}/dpo_pairs.jsonl",

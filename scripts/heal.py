@@ -23,6 +23,8 @@ def main(snakemake, log):
         out_dir=snakemake.output.model,
         pairs_path=snakemake.output.pairs,
         training_log_path=snakemake.output.training_log,
+        harmful_val_path=snakemake.input.harmful_val,
+        harmless_val_path=snakemake.input.harmless_val,
     )
 
 

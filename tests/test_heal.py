@@ -225,3 +225,55 @@ def test_heal_jobs_follow_each_variants_setting(tiny_model_dir, tmp_path):
     jobs = dry_run_jobs(tmp_path, config)
     assert "heal" not in jobs
     assert jobs["evaluate_stage"] == 2
+
+
+def test_checkpoint_selection_merges_the_checkpoint_it_selected(
+    tiny_model_dir, refusing_base, prompt_files, tmp_path
+):
+    from bruno.model import encode, first_token_logprobs, kl_divergence, load_model, model_device
+
+    write_prompts(tmp_path / "harmful_val.jsonl", prompts("harmval", 6, "val"))
+    write_prompts(tmp_path / "harmless_val.jsonl", prompts("safeval", 6, "val"))
+    settings = tiny_settings(
+        n_harmful_pairs=4,
+        include_harmless_pairs=True,
+        n_harmless_pairs=8,
+        checkpoint_every=1,
+        checkpoint_val_prompts=6,
+    )
+    record = run(
+        model_path=str(refusing_base),
+        model_settings=ModelSettings(),
+        ablated_path=tiny_model_dir,
+        harmful_train_path=prompt_files[0],
+        harmless_train_path=prompt_files[1],
+        settings=settings,
+        refusal_markers=NEVER,
+        master_seed=0,
+        out_dir=tmp_path / "healed",
+        pairs_path=tmp_path / "dpo_pairs.jsonl",
+        training_log_path=tmp_path / "heal_training_log.csv",
+        harmful_val_path=tmp_path / "harmful_val.jsonl",
+        harmless_val_path=tmp_path / "harmless_val.jsonl",
+    )
+    checkpoints = record["training"]["checkpoints"]
+    assert [c["step"] for c in checkpoints] == [0, 1, 2, 3]
+    limit = checkpoints[0]["val_refusal_rate"]
+    eligible = [c for c in checkpoints if c["val_refusal_rate"] <= limit]
+    selected = min(eligible, key=lambda c: (c["val_kl_divergence"], c["step"]))
+    assert record["training"]["selected_step"] == selected["step"]
+
+    # The saved model is the selected checkpoint: its val KL from the base is the one recorded for that step.
+    base, tokenizer = load_model(str(refusing_base), ModelSettings())
+    texts = [p.text for p in prompts("safeval", 6, "val")]
+    batches = encode(tokenizer, texts, None, 64, model_device(base))
+    healed, _ = load_model(str(tmp_path / "healed"), ModelSettings())
+    kl = kl_divergence(first_token_logprobs(base, batches), first_token_logprobs(healed, batches))
+    assert kl == pytest.approx(selected["val_kl_divergence"], rel=1e-3, abs=1e-5)
+
+
+def test_checkpoint_selection_needs_val_prompts(tiny_model_dir, refusing_base, prompt_files, tmp_path):
+    with pytest.raises(BrunoError, match="healing.checkpoint_every"):
+        run_stage(refusing_base, tiny_model_dir, prompt_files, tmp_path, tiny_settings(checkpoint_every=2))
+    with pytest.raises(BrunoError, match="healing.checkpoint_every"):
+        HealingSettings(checkpoint_every=0)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bruno.errors import BrunoError
-from bruno.model import encode, generate_greedy, model_device
+from bruno.model import encode, first_token_logprobs, generate_greedy, kl_divergence, model_device
 from bruno.prompts import Prompt
 from bruno.refusal import MarkerDetector
 
@@ -67,9 +67,16 @@ class HealingSettings:
     n_harmless_pairs: int | None = None
     harmless_degradation: str = "shuffle"
     max_new_tokens: int = 256
+    checkpoint_every: int | None = None
+    checkpoint_val_prompts: int = 100
+    checkpoint_max_refusal_increase: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise BrunoError(
+                "config key 'healing.checkpoint_every' must be at least 1, or null to keep the last step."
+            )
         if self.dpo_loss_weights is not None and len(self.dpo_loss_weights) != len(self.dpo_loss_type):
             raise BrunoError(
                 f"config key 'healing.dpo_loss_weights' has {len(self.dpo_loss_weights)} entries but "
@@ -245,12 +252,78 @@ def training_log_rows(log_history: Sequence[dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
+@dataclass
+class CheckpointProbe:
+    """Checkpoint selection on validation prompts: every `every` steps (and before the first) it measures the
+    first-token KL from the base model on harmless val prompts and the refusal rate on harmful val prompts, and keeps
+    the adapter of the lowest-KL checkpoint whose refusal rate is at most the untrained adapter's plus
+    `max_refusal_increase`. Step 0 (the adapter is still zero) is the ablated model itself, so the selected model is
+    never worse than the ablated one on these prompts."""
+
+    tokenizer: Any
+    kl_batches: list
+    base_logprobs: torch.Tensor
+    refusal_batches: list
+    detector: MarkerDetector
+    max_new_tokens: int
+    every: int
+    max_refusal_increase: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_step: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def measure(self, model: nn.Module) -> tuple[float, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            kl = kl_divergence(self.base_logprobs, first_token_logprobs(model, self.kl_batches))
+            with torch.inference_mode():
+                replies = generate_greedy(model, self.tokenizer, self.refusal_batches, self.max_new_tokens)
+        finally:
+            model.train(was_training)
+        verdicts = self.detector.classify(replies)
+        return kl, sum(v.is_refusal for v in verdicts) / max(len(verdicts), 1)
+
+    def record(self, step: int, model: nn.Module) -> None:
+        from peft.utils import get_peft_model_state_dict
+
+        kl, refusal = self.measure(model)
+        self.history.append({"step": step, "val_kl_divergence": kl, "val_refusal_rate": refusal})
+        limit = self.history[0]["val_refusal_rate"] + self.max_refusal_increase
+        best_kl = math.inf if self.best_step is None else self.history_at(self.best_step)["val_kl_divergence"]
+        if refusal <= limit + 1e-12 and kl < best_kl:
+            self.best_step = step
+            self.best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        log.info("healing checkpoint step %d: val KL %.4f, val refusal rate %.3f", step, kl, refusal)
+
+    def history_at(self, step: int) -> dict[str, float]:
+        return next(h for h in self.history if h["step"] == step)
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        probe = self
+
+        class SelectCheckpoint(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ARG002
+                if state.global_step % probe.every == 0 or state.global_step >= state.max_steps:
+                    probe.record(state.global_step, model)
+
+        return SelectCheckpoint()
+
+
 def train_dpo(
-    model: nn.Module, tokenizer: Any, pairs: Sequence[dict[str, Any]], settings: HealingSettings, seed: int
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[dict[str, Any]],
+    settings: HealingSettings,
+    seed: int,
+    probe: CheckpointProbe | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
-    """DPO with a fresh LoRA adapter on `model`; returns the merged model, the training log rows and a summary."""
+    """DPO with a fresh LoRA adapter on `model`; returns the merged model, the training log rows and a summary.
+    With a `probe`, the adapter of the checkpoint it selects is merged instead of the last one."""
     from datasets import Dataset
-    from peft.utils import get_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from trl import DPOTrainer
 
     if not pairs:
@@ -265,11 +338,19 @@ def train_dpo(
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=lora_config(settings),
+            callbacks=[probe.callback()] if probe is not None else None,
         )
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         start = time.perf_counter()
+        if probe is not None:
+            probe.record(0, trainer.model)
         result = trainer.train()
         seconds = time.perf_counter() - start
+        if probe is not None:
+            set_peft_model_state_dict(trainer.model, probe.best_state)
+            log.info(
+                "healing: merging the adapter of step %d (selected on validation prompts)", probe.best_step
+            )
         adapter_norm = float(
             sum(t.float().pow(2).sum() for t in get_peft_model_state_dict(trainer.model).values()) ** 0.5
         )
@@ -285,4 +366,7 @@ def train_dpo(
         "trainable_parameters": trainable,
         "adapter_norm": adapter_norm,
     }
+    if probe is not None:
+        summary["selected_step"] = probe.best_step
+        summary["checkpoints"] = probe.history
     return merged, training_log_rows(trainer.state.log_history), summary

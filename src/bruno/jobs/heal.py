@@ -15,6 +15,7 @@ import pandas as pd
 from bruno.errors import BrunoError
 from bruno.heal import (
     TRAINING_LOG_COLUMNS,
+    CheckpointProbe,
     HealingSettings,
     harmful_pairs,
     harmless_pairs,
@@ -23,7 +24,7 @@ from bruno.heal import (
     train_dpo,
 )
 from bruno.io import atomic_directory, atomic_path, atomic_write_json, directory_hashes, write_jsonl
-from bruno.model import ModelSettings, load_model
+from bruno.model import ModelSettings, encode, first_token_logprobs, load_model, model_device
 from bruno.prompts import read_prompts
 from bruno.refusal import MarkerDetector
 from bruno.runtime import peak_memory, seed_everything
@@ -46,6 +47,8 @@ def run(
     out_dir: str | Path,
     pairs_path: str | Path,
     training_log_path: str | Path,
+    harmful_val_path: str | Path | None = None,
+    harmless_val_path: str | Path | None = None,
 ) -> dict[str, Any]:
     if not settings.enable_post_abliteration_finetuning:
         raise BrunoError(
@@ -73,9 +76,36 @@ def run(
             model, tokenizer, prompts, system_prompt, model_settings.batch_size, settings.max_new_tokens
         )
 
+    if settings.checkpoint_every is not None and (harmful_val_path is None or harmless_val_path is None):
+        raise BrunoError(
+            "config key 'healing.checkpoint_every' needs the harmful and harmless val prompts (the heal rule passes "
+            "them); set it to null to keep the last training step."
+        )
     base, tokenizer = load_model(model_path, model_settings)
     base_harmful = generate(base, tokenizer, harmful)
     base_harmless = generate(base, tokenizer, harmless) if harmless else []
+    probe = None
+    if settings.checkpoint_every is not None:
+        n_val = settings.checkpoint_val_prompts
+        device = model_device(base)
+        kl_batches = encode(
+            tokenizer, [p.text for p in read_prompts(harmless_val_path)][:n_val], system_prompt,
+            model_settings.batch_size, device,
+        )  # fmt: skip
+        refusal_batches = encode(
+            tokenizer, [p.text for p in read_prompts(harmful_val_path)][:n_val], system_prompt,
+            model_settings.batch_size, device,
+        )  # fmt: skip
+        probe = CheckpointProbe(
+            tokenizer=tokenizer,
+            kl_batches=kl_batches,
+            base_logprobs=first_token_logprobs(base, kl_batches),
+            refusal_batches=refusal_batches,
+            detector=detector,
+            max_new_tokens=settings.max_new_tokens,
+            every=settings.checkpoint_every,
+            max_refusal_increase=settings.checkpoint_max_refusal_increase,
+        )
     del base
     gc.collect()
 
@@ -101,7 +131,7 @@ def run(
     write_jsonl(pairs_path, pairs)
     generation_seconds = time.perf_counter() - start
 
-    healed, rows, summary = train_dpo(model, tokenizer, pairs, settings, seed)
+    healed, rows, summary = train_dpo(model, tokenizer, pairs, settings, seed, probe)
     with atomic_directory(out_dir) as tmp:
         healed.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
