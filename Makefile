@@ -46,10 +46,13 @@ test-slurm: venv-dev
 	rc=$$?; exit $$rc
 
 # Trial-throughput benchmark (a measurement, not a test): trains the organism if needed, prints a table and writes
-# results/bench/bench.json. BENCH_ARGS=--large adds a random-initialised ~300M-parameter model.
+# results/bench/bench.json; it also times the pipeline's own search loop (Optuna included) for BENCH_VARIANT.
+# BENCH_ARGS=--large adds a random-initialised ~300M-parameter model.
+BENCH_VARIANT ?= norm_row
 bench: venv
-	$(BIN)/snakemake --cores $(CORES) --workflow-profile none results/organism results/prompts/manifest.json
-	$(BIN)/python -m bruno.bench --model results/organism $(BENCH_ARGS)
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile none results/organism results/prompts/manifest.json \
+		results/$(BENCH_VARIANT)/directions.pt
+	$(BIN)/python -m bruno.bench --model results/organism --search-variant $(BENCH_VARIANT) $(BENCH_ARGS)
 
 lint: venv-dev
 	$(BIN)/ruff check src scripts tests

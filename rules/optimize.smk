@@ -86,7 +86,6 @@ rule optimize:
         runtime=720,
         gpu=optimize_gpus,
     params:
-        work_db="results/{variant}/optuna/work.db",
         journal="results/{variant}/optuna/journal.log",
         model_path=get_model_path,
         model=config["model"],

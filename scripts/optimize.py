@@ -35,7 +35,7 @@ def main(snakemake, log):
     elif snakemake.rule == "optimize_worker":
         optimize.work(ctx, seed, snakemake.params.journal, int(snakemake.wildcards.worker))
     else:
-        optimize.run(ctx, seed, snakemake.params.work_db, snakemake.output.study)
+        optimize.run(ctx, seed, snakemake.params.journal, snakemake.output.study)
 
 
 run_job(snakemake, main)

@@ -58,6 +58,71 @@ def test_results_do_not_depend_on_batching(loaded):
     assert generate_greedy(model, tok, together, 8) == generate_greedy(model, tok, alone, 8)
 
 
+LENGTHS = [
+    "hi",
+    "Tell me a story.",
+    "Explain in detail how bread rises when it is baked in a hot oven for an hour.",
+]
+
+
+def one_at_a_time(model, tok, texts, tokens=10):
+    return [
+        generate_greedy(model, tok, encode(tok, [t], None, 1, torch.device("cpu")), tokens)[0] for t in texts
+    ]
+
+
+def test_length_split_prefill_and_early_exit_change_nothing(loaded, monkeypatch):
+    """Prompts of different lengths are prefilled in length groups (trimmed padding) and finished sequences leave
+    the batch; both must give what one padded batch does, row for row, in the original order."""
+    import bruno.model as model_module
+
+    model, tok = loaded
+    texts = LENGTHS * 3  # unsorted lengths
+    batches = encode(tok, texts, None, 16, torch.device("cpu"))
+    monkeypatch.setattr(model_module, "PREFILL_FORWARD_COST_TOKENS", 10**6)  # one group: the padded batch
+    one_logprobs, one_replies = first_token_logprobs(model, batches), generate_greedy(model, tok, batches, 10)
+    monkeypatch.setattr(model_module, "PREFILL_FORWARD_COST_TOKENS", 0)  # a group per length
+    assert len(batches[0].by_length()) == 3
+    split_logprobs, split_replies = (
+        first_token_logprobs(model, batches),
+        generate_greedy(model, tok, batches, 10),
+    )
+    assert torch.allclose(one_logprobs, split_logprobs, atol=1e-5)
+    assert split_replies == one_replies
+    assert split_replies == one_at_a_time(model, tok, texts)
+
+    # Make a token the random model emits mid-sequence the EOS, so rows finish at different steps and leave.
+    b = batches[0]
+    ids = model.generate(
+        input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=10, do_sample=False
+    )
+    ids = ids[:, b.input_ids.shape[1] :]
+    first_at = {}
+    for token in ids.unique().tolist():
+        steps = {int((row == token).nonzero()[0]) if (row == token).any() else 10 for row in ids}
+        first_at[token] = steps
+    eos = max(first_at, key=lambda t: len(first_at[t]))
+    assert len(first_at[eos]) >= 3  # rows end at different steps (or not at all)
+    monkeypatch.setattr(model_module, "eos_token_ids", lambda *_: [eos])
+    early = generate_greedy(model, tok, batches, 10)
+    assert early == one_at_a_time(model, tok, texts)
+    assert early != split_replies
+
+
+def test_length_split_minimises_padding_plus_calls():
+    from bruno.model import Batch
+
+    mask = torch.zeros(6, 20, dtype=torch.long)
+    for row, length in enumerate([20, 3, 19, 4, 20, 3]):
+        mask[row, -length:] = 1
+    batch = Batch(torch.arange(120).reshape(6, 20), mask)
+    groups = batch.by_length(forward_cost_tokens=10)  # 3 short rows padded to 20 would waste 49 tokens > 10
+    assert [sorted(rows.tolist()) for rows, _ in groups] == [[1, 3, 5], [0, 2, 4]]
+    assert [sub.input_ids.shape[1] for _, sub in groups] == [4, 20]
+    assert torch.equal(groups[0][1].input_ids, batch.input_ids[groups[0][0], -4:])
+    assert len(batch.by_length(forward_cost_tokens=1000)) == 1  # a call costs more than the padding
+
+
 def test_residuals_shape(loaded):
     model, tok = loaded
     res = last_token_residuals(model, encode(tok, TEXTS, None, 8, torch.device("cpu")))

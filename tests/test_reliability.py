@@ -101,7 +101,7 @@ def load(db: Path) -> optuna.Study:
 def test_non_finite_kl_fails_only_that_trial(inputs, tmp_path):
     ctx = context(inputs, n_trials=5)
     poison(ctx, bad_calls={1})
-    optimize.run(ctx, seed=0, work_db=tmp_path / "work.db", out_db=tmp_path / "study.db")
+    optimize.run(ctx, seed=0, storage=tmp_path / "work.db", out_db=tmp_path / "study.db")
     trials = load(tmp_path / "study.db").get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].number == 1
@@ -113,7 +113,7 @@ def test_all_trials_failing_stops_the_search_and_selection_says_why(inputs, tmp_
     ctx = context(inputs, n_trials=5, max_failed_trials=3)
     poison(ctx, bad_calls=set(range(100)))
     with pytest.raises(BrunoError, match="3 trials failed.*non-finite KL.*max_failed_trials"):
-        optimize.run(ctx, seed=0, work_db=tmp_path / "work.db", out_db=tmp_path / "study.db")
+        optimize.run(ctx, seed=0, storage=tmp_path / "work.db", out_db=tmp_path / "study.db")
     assert not (tmp_path / "study.db").exists()  # no snapshot of a failed search
     with pytest.raises(BrunoError, match="all trials failed"):
         select_job.run(
@@ -127,7 +127,7 @@ def test_all_trials_failing_stops_the_search_and_selection_says_why(inputs, tmp_
 
 def search_and_bake(inputs, out: Path) -> dict:
     ctx = context(inputs, n_trials=6)
-    optimize.run(ctx, seed=0, work_db=out / "work.db", out_db=out / "study.db")
+    optimize.run(ctx, seed=0, storage=out / "work.db", out_db=out / "study.db")
     select_job.run(
         study_path=out / "study.db",
         settings=SelectionSettings(),
@@ -233,7 +233,7 @@ def test_abliterate_killed_mid_write_leaves_nothing_and_rerun_is_clean(inputs, t
     study_dir = tmp_path / "study"
     study_dir.mkdir()
     ctx = context(inputs, n_trials=2)
-    optimize.run(ctx, seed=0, work_db=study_dir / "work.db", out_db=study_dir / "study.db")
+    optimize.run(ctx, seed=0, storage=study_dir / "work.db", out_db=study_dir / "study.db")
     select_job.run(
         study_path=study_dir / "study.db",
         settings=SelectionSettings(),
@@ -305,7 +305,7 @@ def test_optimiser_memory_does_not_grow_with_trials(inputs, tmp_path):
         return result
 
     ctx.evaluator.evaluate = evaluate
-    optimize.run(ctx, seed=0, work_db=tmp_path / "work.db", out_db=tmp_path / "study.db")
+    optimize.run(ctx, seed=0, storage=tmp_path / "work.db", out_db=tmp_path / "study.db")
     assert len(samples) == 100
     warm, last = samples[19], max(samples[20:])
     # A leak of one model-sized copy (or of per-trial tensors) per trial would add far more than this over 80 trials.

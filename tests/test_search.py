@@ -121,6 +121,19 @@ def test_fingerprint_mismatch_is_an_error(tmp_path):
         open_study(tmp_path / "s.db", {"search_space": "b", "objectives": ["kl"]}, 2, sampler)
 
 
+def test_stale_journal_lock_of_a_killed_run_is_released(tmp_path):
+    from optuna.storages.journal import JournalFileOpenLock
+
+    from bruno.search import release_stale_lock
+
+    journal = tmp_path / "journal.log"
+    assert not release_stale_lock(journal)  # nothing to release
+    assert JournalFileOpenLock(str(journal)).acquire()  # as left by a process killed while appending
+    assert release_stale_lock(journal)
+    assert JournalFileOpenLock(str(journal)).acquire()  # free again, without waiting for the grace period
+    assert not release_stale_lock(tmp_path / "study.db")  # SQLite has no lock file
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Resume after SIGKILL, on a tiny model, through the real optimize job.
 
@@ -143,7 +156,7 @@ DRIVER = textwrap.dedent(
         abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"], evaluation=evaluation)
     mode = args.get("mode", "single")
     if mode == "single":
-        optimize.run(ctx, seed=0, work_db=args["work"], out_db=args["out"])
+        optimize.run(ctx, seed=0, storage=args["work"], out_db=args["out"])
     elif mode == "init":
         optimize.init(ctx, seed=0, journal=args["journal"])
     else:
@@ -173,7 +186,7 @@ def search_inputs(tmp_path, tiny_model_dir):
         "harmful": str(tmp_path / "harmful.jsonl"),
         "harmless": str(tmp_path / "harmless.jsonl"),
         "ranges": RANGES,
-        "work": str(tmp_path / "work.db"),
+        "work": str(tmp_path / "journal.log"),  # the rule's working storage
         "out": str(tmp_path / "study.db"),
     }
     return SimpleNamespace(args=args, run=lambda **kw: subprocess.run(
@@ -187,9 +200,10 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
 
-def _trials(db):
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
-    return optuna.load_study(study_name="abliteration", storage=storage).get_trials()
+def _trials(path):
+    from bruno.search import make_storage
+
+    return optuna.load_study(study_name="abliteration", storage=make_storage(path)).get_trials()
 
 
 def test_killed_search_resumes_without_losing_trials(search_inputs):
@@ -228,10 +242,10 @@ def test_same_seed_same_trials(search_inputs, tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     values_a = [(t.params, t.values) for t in _trials(search_inputs.args["work"])]
     second = search_inputs.run(
-        n_trials=4, tokens=4, work=str(tmp_path / "work2.db"), out=str(tmp_path / "study2.db")
+        n_trials=4, tokens=4, work=str(tmp_path / "work2.log"), out=str(tmp_path / "study2.db")
     )
     assert second.returncode == 0, second.stderr[-2000:]
-    values_b = [(t.params, t.values) for t in _trials(tmp_path / "work2.db")]
+    values_b = [(t.params, t.values) for t in _trials(tmp_path / "work2.log")]
     assert values_a == values_b
 
 

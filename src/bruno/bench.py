@@ -14,6 +14,7 @@ import platform
 import random
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,64 @@ def time_trials(
     }
 
 
+def time_search(
+    model_path: str, config_path: str, variant: str, n_trials: int, workdir: Path
+) -> dict[str, Any]:
+    """The pipeline's own search loop on a fresh study: `bruno.jobs.optimize` with the variant's resolved settings,
+    its validation prompts and directions (results/prompts, results/{variant}/directions.pt), TPE sampling and the
+    journal storage the rule uses. Trials here are TPE's, not random: near the optimum replies are compliant and
+    longer than refusals."""
+    import optuna
+
+    from bruno.config import load_config, resolve_variants, settings_from_dict
+    from bruno.jobs import optimize
+    from bruno.plan import AbliterationSettings
+
+    schema = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+    config = resolve_variants(load_config(config_path, schema), schema)[variant]
+    settings = replace(settings_from_dict(SearchSettings, config["search"], "search"), n_trials=n_trials)
+    seed = config["search"]["seed"] if config["search"].get("seed") is not None else config["seed"]
+    ctx = optimize.prepare(
+        model_path=model_path,
+        model_settings=settings_from_dict(ModelSettings, config["model"], "model"),
+        directions_path=f"results/{variant}/directions.pt",
+        harmful_val_path="results/prompts/harmful_val.jsonl",
+        harmless_val_path="results/prompts/harmless_val.jsonl",
+        settings=settings,
+        abliteration=settings_from_dict(AbliterationSettings, config["abliteration"], "abliteration"),
+        refusal_markers=config["evaluation"]["refusal_markers"],
+        seed=seed,
+    )
+    journal = workdir / "journal.log"
+    for stale in (journal, workdir / "study.db"):
+        stale.unlink(missing_ok=True)
+    rss_before = _rss_mb()
+    start = time.perf_counter()
+    optimize.run(ctx, seed, journal, workdir / "study.db")
+    wall = time.perf_counter() - start
+    trials = optuna.load_study(study_name="abliteration", storage=f"sqlite:///{workdir / 'study.db'}").trials
+    n = len(trials)
+    first, last = trials[0].datetime_start, trials[-1].datetime_complete
+    loop = (last - first).total_seconds()
+    trial_seconds = sum(t.user_attrs["seconds"] for t in trials) / n
+    return {
+        "variant": variant,
+        "n_trials": n,
+        "n_refusal_prompts": ctx.evaluator.n_refusal_prompts,
+        "max_new_tokens": settings.max_new_tokens,
+        "trials_per_second": n / loop,
+        "seconds_per_trial": loop / n,
+        "seconds_trial": trial_seconds,
+        "seconds_kl": sum(t.user_attrs["seconds_kl"] for t in trials) / n,
+        "seconds_generation": sum(t.user_attrs["seconds_generation"] for t in trials) / n,
+        "seconds_search_overhead": loop / n - trial_seconds,
+        "seconds_job": wall,
+        "mean_refusal_rate": sum(t.values[1] for t in trials) / n,
+        "rss_mb_before": rss_before,
+        "rss_mb_after": _rss_mb(),
+    }
+
+
 def bandwidth_bound(model: Any, steps: int) -> dict[str, Any] | None:
     """Lower bound on decode time on CUDA: each decode step reads every weight once."""
     if not torch.cuda.is_available() or model_device(model).type != "cuda":
@@ -138,6 +197,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--large", action="store_true", help="also time a random-initialised ~300M-parameter model"
     )
+    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument(
+        "--search-variant",
+        default="norm_row",
+        help="time the pipeline's search loop for this variant (needs its directions.pt; '' to skip)",
+    )
+    parser.add_argument("--search-trials", type=int, default=60)
     parser.add_argument("--out", default="results/bench/bench.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -185,6 +251,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                               "seconds_generation", "seconds_overhead")})  # fmt: skip
     report["scaling"] = scaling
     report["bandwidth"] = bandwidth_bound(model, args.tokens)
+    if args.search_variant:
+        report["search"] = time_search(
+            args.model, args.config, args.search_variant, args.search_trials, Path(args.out).parent / "search"
+        )
     if args.large:
         del model
         big_path = large_model(args.model, Path(args.out).parent / "large-model")
@@ -212,6 +282,12 @@ def print_report(report: dict[str, Any]) -> None:
     e = report["early_stop"]
     print(f"refusal early stop: {e['trials_per_second']:.2f} trials/s (refusal rate {e['mean_refusal_rate']:.3f} vs "
           f"{o['mean_refusal_rate']:.3f} without)")  # fmt: skip
+    if "search" in report:
+        r = report["search"]
+        print(f"pipeline search loop ({r['variant']}, {r['n_trials']} TPE trials, Optuna journal storage): "
+              f"{r['trials_per_second']:.2f} trials/s | per trial {r['seconds_per_trial']:.3f} s = trial "
+              f"{r['seconds_trial']:.3f} (KL {r['seconds_kl']:.3f}, generation {r['seconds_generation']:.3f}) + "
+              f"sampling/storage {r['seconds_search_overhead']:.3f}")  # fmt: skip
     m = report["memory"]
     print(
         f"RSS over {m['n_trials']} trials: first {m['rss_mb_first']:.0f} MB, last {m['rss_mb_last']:.0f} MB, max {m['rss_mb_max']:.0f} MB"

@@ -179,6 +179,11 @@ def model_device(model: nn.Module) -> torch.device:
 # Prompts -> token batches
 
 
+# Fixed cost of one forward call in token equivalents, for splitting prefills by prompt length (measured on the
+# organism on 2 CPU cores: ~3 ms per call against ~31 us per prompt token).
+PREFILL_FORWARD_COST_TOKENS = 96
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor
@@ -190,6 +195,37 @@ class Batch:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    def by_length(self, forward_cost_tokens: int | None = None) -> list[tuple[torch.Tensor, Batch]]:
+        """Length-sorted sub-batches with their left padding trimmed, as (row indices, sub-batch).
+
+        One padded batch computes every row at the longest prompt's length (a quarter of the tokens were padding
+        in the organism's validation prompts). The split minimises padded tokens plus `forward_cost_tokens` per
+        forward pass (the fixed cost of a call, in token equivalents; default PREFILL_FORWARD_COST_TOKENS) by dynamic programming over the sorted
+        lengths; every row's values are the same as in the padded batch up to float rounding."""
+        if forward_cost_tokens is None:
+            forward_cost_tokens = PREFILL_FORWARD_COST_TOKENS
+        lengths = self.attention_mask.sum(1)
+        order = torch.argsort(lengths, stable=True)
+        sorted_lengths = lengths[order].tolist()
+        n = len(sorted_lengths)
+        # best[j]: cost of rows [0, j) ; a group [i, j) costs (j - i) * length of its longest row + a forward.
+        best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+        for j in range(1, n + 1):
+            for i in range(j):
+                cost = best[i] + (j - i) * sorted_lengths[j - 1] + forward_cost_tokens
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i
+        bounds, j = [], n
+        while j > 0:
+            bounds.append((cut[j], j))
+            j = cut[j]
+        groups = []
+        for i, j in reversed(bounds):
+            rows = order[i:j]
+            width = int(sorted_lengths[j - 1])
+            groups.append((rows, Batch(self.input_ids[rows, -width:], self.attention_mask[rows, -width:])))
+        return groups
 
 
 def chat_strings(tokenizer: Any, texts: Sequence[str], system_prompt: str | None) -> list[str]:
@@ -243,14 +279,20 @@ def first_token_logprobs(model: nn.Module, batches: Sequence[Batch]) -> torch.Te
     """Log-softmax of the raw next-token logits at the first response position: [n, vocab] float32 (CPU)."""
     parts = []
     for batch in batches:
-        out = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-            logits_to_keep=1,
-        )
-        parts.append(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu())
+        part = None
+        for rows, sub in batch.by_length():
+            out = model(
+                input_ids=sub.input_ids,
+                attention_mask=sub.attention_mask,
+                position_ids=sub.position_ids,
+                use_cache=False,
+                logits_to_keep=1,
+            )
+            logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+            if part is None:
+                part = logprobs.new_empty(len(batch), logprobs.shape[-1])
+            part[rows.cpu()] = logprobs
+        parts.append(part)
     return torch.cat(parts)
 
 
@@ -271,6 +313,52 @@ def eos_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+def _prefill(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Any]:
+    """Run the prompts of a left-padded batch into a fresh KV cache; returns (next-token logits [n, vocab], cache).
+
+    Prompts are prefilled in length-sorted sub-batches (less padding) whose caches are then left-padded to the
+    batch's width and joined, so decoding runs on one batch; models with other than plain full-attention cache
+    layers (sliding windows, recurrent states) are prefilled in one piece."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    def run(sub: Batch) -> tuple[torch.Tensor, Any]:
+        cache = DynamicCache(config=model.config)
+        out = model(
+            input_ids=sub.input_ids,
+            attention_mask=sub.attention_mask,
+            position_ids=sub.position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :], cache
+
+    groups = batch.by_length()
+    plain = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+    if len(groups) == 1 or not plain:
+        return run(batch)
+    parts = [(rows, *run(sub)) for rows, sub in groups]
+    width = batch.input_ids.shape[1]
+    first_logits, first_cache = parts[0][1], parts[0][2]
+    logits = first_logits.new_empty(len(batch), first_logits.shape[-1])
+    merged = DynamicCache(config=model.config)
+    for layer in range(len(first_cache.layers)):
+        keys, values = [], []
+        for _, _, cache in parts:
+            k, v = cache.layers[layer].keys, cache.layers[layer].values
+            pad = (0, 0, width - k.shape[-2], 0)  # zeros at masked (padding) positions
+            keys.append(torch.nn.functional.pad(k, pad))
+            values.append(torch.nn.functional.pad(v, pad))
+        order = torch.cat([rows for rows, _, _ in parts]).to(keys[0].device)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        merged.update(torch.cat(keys)[inverse], torch.cat(values)[inverse], layer)
+    for rows, part_logits, _ in parts:
+        logits[rows.to(logits.device)] = part_logits
+    return logits, merged
+
+
 @torch.inference_mode()
 def generate_greedy(
     model: nn.Module,
@@ -280,49 +368,44 @@ def generate_greedy(
     stop: Callable[[list[str]], list[bool]] | None = None,
     stop_check_every: int = 4,
 ) -> list[str]:
-    """Greedy decoding with a KV cache; a sequence stops at EOS, the batch as soon as every sequence has stopped.
+    """Greedy decoding with a KV cache. A sequence leaves the batch (its cache rows are dropped) at EOS, so later
+    steps only compute the sequences still running; the batch ends when none is left.
 
-    `stop`, if given, receives the decoded text so far and returns which sequences are already decided (e.g. a
-    refusal marker appeared); it is called every `stop_check_every` steps."""
-    from transformers import DynamicCache
-
+    `stop`, if given, receives the decoded text so far of the running sequences and returns which are already
+    decided (e.g. a refusal marker appeared); it is called every `stop_check_every` steps and those sequences
+    leave the batch too."""
     eos = torch.tensor(eos_token_ids(model, tokenizer), device=model_device(model))
     pad = tokenizer.pad_token_id
     responses: list[str] = []
     for batch in batches:
+        logits, cache = _prefill(model, batch)
         mask = batch.attention_mask
-        positions = batch.position_ids
-        cache = DynamicCache(config=model.config)
-        out = model(
-            input_ids=batch.input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        finished = torch.zeros(len(batch), dtype=torch.bool, device=mask.device)
-        generated: list[torch.Tensor] = []
+        positions = batch.position_ids[:, -1:]
+        live = torch.arange(len(batch), device=mask.device)  # batch row of each running sequence
+        tokens = torch.full((len(batch), max_new_tokens), pad, dtype=torch.long, device=mask.device)
         for step in range(max_new_tokens):
-            token = out.logits[:, -1, :].argmax(dim=-1)
-            token = torch.where(finished, torch.full_like(token, pad), token)
-            finished |= torch.isin(token, eos)
-            generated.append(token)
-            if stop is not None and (step + 1) % stop_check_every == 0 and not bool(finished.all()):
-                texts = tokenizer.batch_decode(torch.stack(generated, dim=1), skip_special_tokens=True)
-                finished |= torch.tensor(stop(texts), device=mask.device)
-            if bool(finished.all()) or step + 1 == max_new_tokens:
+            token = logits.argmax(dim=-1)
+            tokens[live, step] = token
+            running = ~torch.isin(token, eos)
+            if stop is not None and (step + 1) % stop_check_every == 0:
+                texts = tokenizer.batch_decode(tokens[live, : step + 1], skip_special_tokens=True)
+                running &= ~torch.tensor(stop(texts), device=mask.device)
+            if step + 1 == max_new_tokens or not bool(running.any()):
                 break
+            if not bool(running.all()):
+                keep = running.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                live, mask, positions, token = live[keep], mask[keep], positions[keep], token[keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
+            positions = positions + 1
             out = model(
                 input_ids=token[:, None],
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=out.past_key_values,
+                past_key_values=cache,
                 use_cache=True,
             )
-        tokens = torch.stack(generated, dim=1) if generated else batch.input_ids[:, :0]
+            logits = out.logits[:, -1, :]
         responses.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
     return [r.strip() for r in responses]
 

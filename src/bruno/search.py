@@ -270,6 +270,21 @@ def make_storage(path: str | Path) -> optuna.storages.BaseStorage:
     )
 
 
+def release_stale_lock(storage_path: str | Path) -> bool:
+    """Remove the journal's lock file left by a run killed while writing (one worker only: with several, another
+    worker may hold it). Returns whether there was one."""
+    if Path(storage_path).suffix == ".db":
+        return False
+    from optuna.storages.journal import JournalFileOpenLock
+
+    try:
+        JournalFileOpenLock(str(storage_path)).release()
+    except RuntimeError:  # no lock file
+        return False
+    log.warning("Removed a stale lock of the journal %s left by a killed run", storage_path)
+    return True
+
+
 def create_or_check_study(
     storage_path: str | Path,
     fingerprint: Mapping[str, Any],

@@ -32,6 +32,7 @@ from bruno.search import (
     count,
     create_or_check_study,
     fail_stale_trials,
+    release_stale_lock,
     run_study,
     sample,
     snapshot,
@@ -251,9 +252,14 @@ def _objective(ctx: SearchContext, study: optuna.Study, worker: int | None):
     return objective
 
 
-def run(ctx: SearchContext, seed: int, work_db: str | Path, out_db: str | Path) -> dict[str, Any]:
-    """One worker: create or resume the SQLite study, run it to n_trials COMPLETE, write the snapshot."""
-    study, created = _open(ctx, work_db, seed)
+def run(ctx: SearchContext, seed: int, storage: str | Path, out_db: str | Path) -> dict[str, Any]:
+    """One worker: create or resume the working study (a journal file, or SQLite for a `.db` path), run it to
+    n_trials COMPLETE, write the SQLite snapshot.
+
+    The rule uses the journal: Optuna's SQLite storage commits (and syncs) every parameter and attribute separately,
+    ~60 ms per trial on the organism against ~12 ms for the journal, a quarter of a trial's time."""
+    release_stale_lock(storage)  # one worker by contract: a lock left behind can only be from a killed run
+    study, created = _open(ctx, storage, seed)
     if not created:
         fail_stale_trials(study)
         log.info(
@@ -263,7 +269,7 @@ def run(ctx: SearchContext, seed: int, work_db: str | Path, out_db: str | Path) 
         )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_study(study, _objective(ctx, study, None), ctx.settings.n_trials, ctx.settings.max_failed_trials)
-    snapshot(work_db, out_db)
+    snapshot(storage, out_db)
     complete = count(study, TrialState.COMPLETE)
     log.info("search done: %d COMPLETE trials, snapshot %s", complete, out_db)
     return {"complete": complete}
