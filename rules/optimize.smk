@@ -1,6 +1,7 @@
-# The search. With search.optimize_workers = 1 the `optimize` job runs the whole study on SQLite. With N > 1,
-# `init_study` creates a journal-file study once, N `optimize_worker` jobs share it (e.g. one GPU job each on a
-# cluster), and `optimize` only writes the SQLite snapshot. The working study is never an `output:`, so a failed or
+# The search, on a journal-file study (results/{variant}/optuna/journal.log). With search.optimize_workers = 1 the
+# `optimize` job runs the whole study and writes the SQLite snapshot study.db. With N > 1, `init_study` creates the
+# study once, N `optimize_worker` jobs share it (e.g. one GPU job each on a cluster), and `optimize` only writes the
+# snapshot. The working study is never an `output:`, so a failed or
 # killed job never deletes its trials: rerunning resumes it.
 
 

@@ -127,7 +127,7 @@ def prompt_files(tmp_path_factory):
     return root / "harmful.jsonl", root / "harmless.jsonl"
 
 
-def run_stage(base, ablated, prompt_files, out, settings):
+def run_stage(base, ablated, prompt_files, out, settings, **val_paths):
     return run(
         model_path=str(base),
         model_settings=ModelSettings(),
@@ -140,6 +140,7 @@ def run_stage(base, ablated, prompt_files, out, settings):
         out_dir=out / "healed",
         pairs_path=out / "dpo_pairs.jsonl",
         training_log_path=out / "heal_training_log.csv",
+        **val_paths,
     )
 
 
@@ -241,21 +242,10 @@ def test_checkpoint_selection_merges_the_checkpoint_it_selected(
         checkpoint_every=1,
         checkpoint_val_prompts=6,
     )
-    record = run(
-        model_path=str(refusing_base),
-        model_settings=ModelSettings(),
-        ablated_path=tiny_model_dir,
-        harmful_train_path=prompt_files[0],
-        harmless_train_path=prompt_files[1],
-        settings=settings,
-        refusal_markers=NEVER,
-        master_seed=0,
-        out_dir=tmp_path / "healed",
-        pairs_path=tmp_path / "dpo_pairs.jsonl",
-        training_log_path=tmp_path / "heal_training_log.csv",
-        harmful_val_path=tmp_path / "harmful_val.jsonl",
-        harmless_val_path=tmp_path / "harmless_val.jsonl",
-    )
+    record = run_stage(
+        refusing_base, tiny_model_dir, prompt_files, tmp_path, settings,
+        harmful_val_path=tmp_path / "harmful_val.jsonl", harmless_val_path=tmp_path / "harmless_val.jsonl",
+    )  # fmt: skip
     checkpoints = record["training"]["checkpoints"]
     assert [c["step"] for c in checkpoints] == [0, 1, 2, 3]
     limit = checkpoints[0]["val_refusal_rate"]

@@ -125,15 +125,18 @@ def test_all_trials_failing_stops_the_search_and_selection_says_why(inputs, tmp_
     assert not (tmp_path / "best_trial.json").exists()
 
 
-def search_and_bake(inputs, out: Path) -> dict:
-    ctx = context(inputs, n_trials=6)
-    optimize.run(ctx, seed=0, storage=out / "work.db", out_db=out / "study.db")
+def search_and_select(inputs, study_dir: Path, n_trials: int, best_path: Path) -> None:
+    """The optimize and select jobs as the rules run them (journal working study, SQLite snapshot)."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    ctx = context(inputs, n_trials=n_trials)
+    optimize.run(ctx, seed=0, storage=study_dir / "journal.log", out_db=study_dir / "study.db")
     select_job.run(
-        study_path=out / "study.db",
-        settings=SelectionSettings(),
-        variant="v",
-        out_path=out / "best_trial.json",
+        study_path=study_dir / "study.db", settings=SelectionSettings(), variant="v", out_path=best_path
     )
+
+
+def search_and_bake(inputs, out: Path) -> dict:
+    search_and_select(inputs, out, 6, out / "best_trial.json")
     return abliterate.run(
         model_path=inputs["model"],
         model_settings=ModelSettings(),
@@ -230,16 +233,7 @@ def assert_killed_then_clean(args: dict, out: Path, records: list[Path]) -> None
 
 
 def test_abliterate_killed_mid_write_leaves_nothing_and_rerun_is_clean(inputs, tmp_path):
-    study_dir = tmp_path / "study"
-    study_dir.mkdir()
-    ctx = context(inputs, n_trials=2)
-    optimize.run(ctx, seed=0, storage=study_dir / "work.db", out_db=study_dir / "study.db")
-    select_job.run(
-        study_path=study_dir / "study.db",
-        settings=SelectionSettings(),
-        variant="v",
-        out_path=tmp_path / "best.json",
-    )
+    search_and_select(inputs, tmp_path / "study", 2, tmp_path / "best.json")
     out, edit = tmp_path / "ablated", tmp_path / "ablation.json"
     args = {
         **inputs,

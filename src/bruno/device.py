@@ -90,17 +90,10 @@ def load_with_dtype_fallback(
 @torch.inference_mode()
 def next_token_is_finite(model: nn.Module, tokenizer: Any, system_prompt: str | None = None) -> bool:
     """One greedy token for a short chat prompt: True if its logits are all finite (no inf/nan)."""
-    from bruno.model import encode, model_device
+    from bruno.model import encode, model_device, next_token_logits
 
     batch = encode(tokenizer, ["Hello! Please introduce yourself."], system_prompt, 1, model_device(model))[0]
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-        logits_to_keep=1,
-    )
-    return bool(torch.isfinite(out.logits[:, -1, :]).all())
+    return bool(torch.isfinite(next_token_logits(model, batch)).all())
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -94,9 +94,8 @@ def refusal_rows(
     prompt_sets: dict[str, Sequence[Prompt]], responses: dict[str, Sequence[str]], detector: RefusalDetector
 ) -> list[dict[str, Any]]:
     rows = []
-    markers = (
-        MarkerDetector()
-    )  # heretic's list, always recorded beside the configured detector for comparability
+    # heretic's list, always recorded beside the configured detector for comparability
+    markers = MarkerDetector()
     for set_name, prompts in prompt_sets.items():
         verdicts = detector.classify(responses[set_name], [p.text for p in prompts])
         marker_verdicts = markers.classify(responses[set_name])

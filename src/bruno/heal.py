@@ -270,6 +270,7 @@ class CheckpointProbe:
     max_refusal_increase: float
     history: list[dict[str, float]] = field(default_factory=list)
     best_step: int | None = None
+    best_kl: float = math.inf
     best_state: dict[str, torch.Tensor] | None = None
 
     def measure(self, model: nn.Module) -> tuple[float, float]:
@@ -290,14 +291,10 @@ class CheckpointProbe:
         kl, refusal = self.measure(model)
         self.history.append({"step": step, "val_kl_divergence": kl, "val_refusal_rate": refusal})
         limit = self.history[0]["val_refusal_rate"] + self.max_refusal_increase
-        best_kl = math.inf if self.best_step is None else self.history_at(self.best_step)["val_kl_divergence"]
-        if refusal <= limit + 1e-12 and kl < best_kl:
-            self.best_step = step
+        if refusal <= limit + 1e-12 and kl < self.best_kl:
+            self.best_step, self.best_kl = step, kl
             self.best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
         log.info("healing checkpoint step %d: val KL %.4f, val refusal rate %.3f", step, kl, refusal)
-
-    def history_at(self, step: int) -> dict[str, float]:
-        return next(h for h in self.history if h["step"] == step)
 
     def callback(self) -> Any:
         from transformers import TrainerCallback

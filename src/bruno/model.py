@@ -274,6 +274,19 @@ def last_token_residuals(model: nn.Module, batches: Sequence[Batch]) -> torch.Te
     return torch.cat(parts)
 
 
+def next_token_logits(model: nn.Module, batch: Batch, cache: Any = None) -> torch.Tensor:
+    """Raw logits at the last position of a left-padded batch, [n, vocab]; fills `cache` (a KV cache) when given."""
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        past_key_values=cache,
+        use_cache=cache is not None,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1, :]
+
+
 @torch.inference_mode()
 def first_token_logprobs(model: nn.Module, batches: Sequence[Batch]) -> torch.Tensor:
     """Log-softmax of the raw next-token logits at the first response position: [n, vocab] float32 (CPU)."""
@@ -281,14 +294,7 @@ def first_token_logprobs(model: nn.Module, batches: Sequence[Batch]) -> torch.Te
     for batch in batches:
         part = None
         for rows, sub in batch.by_length():
-            out = model(
-                input_ids=sub.input_ids,
-                attention_mask=sub.attention_mask,
-                position_ids=sub.position_ids,
-                use_cache=False,
-                logits_to_keep=1,
-            )
-            logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+            logprobs = torch.log_softmax(next_token_logits(model, sub).float(), dim=-1).cpu()
             if part is None:
                 part = logprobs.new_empty(len(batch), logprobs.shape[-1])
             part[rows.cpu()] = logprobs
@@ -324,15 +330,7 @@ def _prefill(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Any]:
 
     def run(sub: Batch) -> tuple[torch.Tensor, Any]:
         cache = DynamicCache(config=model.config)
-        out = model(
-            input_ids=sub.input_ids,
-            attention_mask=sub.attention_mask,
-            position_ids=sub.position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1, :], cache
+        return next_token_logits(model, sub, cache), cache
 
     groups = batch.by_length()
     plain = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)

@@ -69,9 +69,8 @@ class AblationParams:
 class DirectionSet:
     primary: torch.Tensor  # [L+1, d]
     extras: list[tuple[torch.Tensor, float]] = field(default_factory=list)  # ([L+1, d], relative weight)
-    cones: list[tuple[float, list[tuple[torch.Tensor, float]]]] = field(
-        default_factory=list
-    )  # (edit strength: 1, relative share or share; [(rows, w)])
+    # Per cone: (edit strength from `cone_weighting`: 1, relative share or share; [(rows, w)]).
+    cones: list[tuple[float, list[tuple[torch.Tensor, float]]]] = field(default_factory=list)
     caa: torch.Tensor | None = None  # [L+1, d]
     caa_strength: float = 0.0
     harmless_mean: torch.Tensor | None = None  # [L+1, d], needed by biprojection
@@ -88,11 +87,10 @@ class DirectionSet:
         cones = []
         if "cone_directions" in payload:
             weights = payload["cone_direction_weights"].tolist()
-            strengths = payload.get(
-                "cone_weights", payload["cone_shares"]
-            ).tolist()  # older files: share-weighted
-            for share, rows in zip(strengths, payload["cone_directions"], strict=True):
-                cones.append((share, [(r, weights[j]) for j, r in enumerate(rows)]))
+            # Files written before `cone_weighting` existed weighted each cone by its share.
+            strengths = payload.get("cone_weights", payload["cone_shares"]).tolist()
+            for strength, rows in zip(strengths, payload["cone_directions"], strict=True):
+                cones.append((strength, [(r, weights[j]) for j, r in enumerate(rows)]))
         return cls(
             primary=payload["directions"],
             extras=extras,
@@ -106,7 +104,7 @@ class DirectionSet:
     def refusal_sets(self) -> list[tuple[torch.Tensor, float]]:
         """Every refusal direction set with its relative weight (cones replace the primary direction)."""
         if self.cones:
-            return [(rows, share * w) for share, parts in self.cones for rows, w in parts]
+            return [(rows, strength * w) for strength, parts in self.cones for rows, w in parts]
         return [(self.primary, 1.0), *self.extras]
 
 

@@ -4,7 +4,7 @@ Parameter names follow heretic: `direction_scope`, `direction_index`, and per co
 `mlp.down_proj`) `max_weight`, `max_weight_position`, `min_weight` (a fraction of max_weight), `min_weight_distance`.
 Ranges are configured as fractions of the last layer index, so one config suits models of any depth.
 
-The study lives in a working SQLite file that Snakemake does not manage (a failed job must not delete it); it carries a
+The study lives in a working file (an Optuna journal, or SQLite for a `.db` path) that Snakemake does not manage (a failed job must not delete it); it carries a
 fingerprint of the search space, objectives and inputs, and a mismatch is an error. A resumed run marks trials left
 RUNNING by a killed worker as FAIL and continues until `n_trials` trials are COMPLETE.
 """
@@ -256,7 +256,8 @@ def sample(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
 
 
 def make_storage(path: str | Path) -> optuna.storages.BaseStorage:
-    """SQLite (`*.db`, one worker) or an append-only journal file (`*.log`, several workers on a shared filesystem)."""
+    """SQLite (`*.db`) or an append-only journal file (`*.log`: what the rules use, for one worker or several on a
+    shared filesystem)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".db":
