@@ -109,6 +109,35 @@ def test_length_split_prefill_and_early_exit_change_nothing(loaded, monkeypatch)
     assert early != split_replies
 
 
+def test_sampled_decoding_is_seeded_and_replies_end_at_eos(loaded, monkeypatch):
+    """The one decoder serves greedy replies (the trial loop) and seeded samples (the hallucination detector)."""
+    import bruno.model as model_module
+    from bruno.model import decode_replies
+
+    model, tok = loaded
+    prompts = [
+        tok(s, add_special_tokens=False)["input_ids"] for s in model_module.chat_strings(tok, TEXTS, None)
+    ]
+    eos = model_module.eos_token_ids(model, tok)
+
+    def sample(seed: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(seed)
+        return decode_replies(model, prompts * 4, tok.pad_token_id, eos, 10, 1.0, generator)
+
+    assert sample(0) == sample(0)
+    assert sample(0) != sample(1)
+    greedy = decode_replies(model, prompts, tok.pad_token_id, eos, 10)
+    assert [t.strip() for t in tok.batch_decode(greedy, skip_special_tokens=True)] == generate_greedy(
+        model, tok, encode(tok, TEXTS, None, 8, torch.device("cpu")), 10
+    )
+    # With a token the replies contain made the EOS, each reply ends with (and keeps) its first EOS.
+    stop = greedy[0][3]
+    monkeypatch.setattr(model_module, "eos_token_ids", lambda *_: [stop])
+    cut = decode_replies(model, prompts, tok.pad_token_id, [stop], 10)
+    assert cut[0] == greedy[0][: greedy[0].index(stop) + 1]
+    assert all(stop not in reply[:-1] for reply in cut)
+
+
 def test_length_split_minimises_padding_plus_calls():
     from bruno.model import Batch
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from bruno.errors import BrunoError
-from bruno.model import model_device
+from bruno.model import Batch, left_padded, model_device
 
 log = logging.getLogger(__name__)
 
@@ -314,24 +314,19 @@ class MMLUEvaluator:
         self.prompts = prompts
         self.token_ids = [tokenizer(p, add_special_tokens=add_special)["input_ids"] for p in prompts]
         self.letter_ids = letter_token_ids(tokenizer, prompts[0], add_special)
-        self._batches: dict[tuple[int, ...], list[tuple[list[int], torch.Tensor, torch.Tensor]]] = {}
+        self._batches: dict[tuple[int, ...], list[tuple[list[int], Batch]]] = {}
 
-    def _batches_for(self, indices: tuple[int, ...]) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    def _batches_for(self, indices: tuple[int, ...]) -> list[tuple[list[int], Batch]]:
         """Left-padded batches of the given questions, sorted by length (cached per index set)."""
         if indices not in self._batches:
             order = sorted(indices, key=lambda i: len(self.token_ids[i]))
-            batches = []
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                width = max(len(self.token_ids[i]) for i in chunk)
-                ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    tokens = self.token_ids[i]
-                    ids[row, width - len(tokens) :] = torch.tensor(tokens)
-                    mask[row, width - len(tokens) :] = 1
-                batches.append((chunk, ids, mask))
-            self._batches[indices] = batches
+            chunks = [
+                order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)
+            ]
+            self._batches[indices] = [
+                (chunk, left_padded([self.token_ids[i] for i in chunk], self.pad_id, torch.device("cpu")))
+                for chunk in chunks
+            ]
         return self._batches[indices]
 
     @torch.inference_mode()
@@ -342,12 +337,12 @@ class MMLUEvaluator:
         key = tuple(sorted(set(indices))) if indices is not None else tuple(range(len(self.questions)))
         device = model_device(model)
         out: dict[int, torch.Tensor] = {}
-        for chunk, ids, mask in self._batches_for(key):
-            ids, mask = ids.to(device), mask.to(device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        for chunk, batch in self._batches_for(key):
+            ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
             logits = model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1
-            ).logits[:, -1, :]
+                input_ids=ids, attention_mask=mask, position_ids=batch.position_ids.to(device), use_cache=False,
+                logits_to_keep=1,
+            ).logits[:, -1, :]  # fmt: skip
             logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
             scores = torch.stack(
                 [torch.logsumexp(logprobs[:, self.letter_ids[letter]], dim=-1) for letter in LETTERS], dim=-1

@@ -23,8 +23,17 @@ from torch import nn
 
 from bruno.capability import MMLUResult, MMLUSettings
 from bruno.config import settings_from_dict
-from bruno.hallucination import HallucinationResult, HallucinationSettings, decode
-from bruno.model import Batch, encode, eos_token_ids, first_token_logprobs, generate_greedy, model_device
+from bruno.hallucination import HallucinationResult, HallucinationSettings
+from bruno.model import (
+    Batch,
+    decode_replies,
+    encode,
+    eos_token_ids,
+    first_token_logprobs,
+    generate_greedy,
+    left_padded,
+    model_device,
+)
 from bruno.prompts import Prompt
 from bruno.refusal import (
     DEFAULT_EVASIVE_PATTERNS,
@@ -179,18 +188,12 @@ def teacher_forced_logprobs(
         chunk = zip(prompts[start : start + batch_size], replies[start : start + batch_size], strict=True)
         seqs = [list(p) + list(r) for p, r in chunk]
         lengths = [len(r) for r in replies[start : start + batch_size]]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, seq in enumerate(seqs):
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        batch = left_padded(seqs, pad_id, device)
         keep = max(lengths) + 1
         logits = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
             use_cache=False,
             logits_to_keep=keep,
         ).logits
@@ -228,7 +231,7 @@ def build_teacher_forced_reference(
     eos = eos_token_ids(model, tokenizer)
     replies: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
-        replies += decode(model, prompts[start : start + batch_size], pad, eos, k)
+        replies += decode_replies(model, prompts[start : start + batch_size], pad, eos, k)
     replies = [r if r else [eos[0]] for r in replies]
     top_ids, top_logprobs = [], []
     for lp in teacher_forced_logprobs(model, prompts, replies, pad, batch_size):

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from bruno.errors import BrunoError
-from bruno.model import chat_strings, eos_token_ids, model_device
+from bruno.model import chat_strings, decode_replies, eos_token_ids, model_device
 
 
 @dataclass(frozen=True)
@@ -124,67 +124,6 @@ def mean_pairwise_similarity(embeddings: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Decoding
-
-
-@torch.inference_mode()
-def decode(
-    model: nn.Module,
-    token_ids: Sequence[Sequence[int]],
-    pad_id: int,
-    eos_ids: Sequence[int],
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> list[list[int]]:
-    """Batched decoding with a KV cache from left-padded prompts: greedy (temperature 0) or sampling from the raw
-    logits / temperature with `generator`. Each sequence stops at (and keeps) its first EOS token."""
-    from transformers import DynamicCache
-
-    device = model_device(model)
-    width = max(len(t) for t in token_ids)
-    ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, tokens in enumerate(token_ids):
-        ids[row, width - len(tokens) :] = torch.tensor(list(tokens))
-        mask[row, width - len(tokens) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    eos = torch.tensor(list(eos_ids), device=device)
-    out = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions,
-        past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1,
-    )  # fmt: skip
-    finished = torch.zeros(len(token_ids), dtype=torch.bool, device=device)
-    steps: list[torch.Tensor] = []
-    for step in range(max_new_tokens):
-        logits = out.logits[:, -1, :].float()
-        if temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        else:
-            token = logits.argmax(dim=-1)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        steps.append(token)
-        finished |= torch.isin(token, eos)
-        if bool(finished.all()) or step + 1 == max_new_tokens:
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        positions = positions[:, -1:] + 1
-        out = model(
-            input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-            past_key_values=out.past_key_values, use_cache=True,
-        )  # fmt: skip
-    generated = torch.stack(steps, dim=1).cpu().tolist() if steps else [[] for _ in token_ids]
-    eos_set = set(int(e) for e in eos_ids)
-    replies = []
-    for row in generated:
-        cut = next((i + 1 for i, t in enumerate(row) if t in eos_set), len(row))
-        replies.append(row[:cut])
-    return replies
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Detector
 
 
@@ -245,7 +184,9 @@ class HallucinationDetector:
         texts: list[str] = []
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
-            replies = decode(model, chunk, self.pad_id, eos, self.max_new_tokens, temperature, generator)
+            replies = decode_replies(
+                model, chunk, self.pad_id, eos, self.max_new_tokens, temperature, generator
+            )
             texts += [t.strip() for t in self.tokenizer.batch_decode(replies, skip_special_tokens=True)]
         return texts
 

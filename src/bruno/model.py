@@ -357,7 +357,89 @@ def _prefill(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Any]:
     return logits, merged
 
 
+def left_padded(token_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> Batch:
+    """One left-padded batch of tokenised prompts."""
+    width = max(len(t) for t in token_ids)
+    ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(token_ids):
+        ids[row, width - len(tokens) :] = torch.tensor(list(tokens), dtype=torch.long)
+        mask[row, width - len(tokens) :] = 1
+    return Batch(ids.to(device), mask.to(device))
+
+
 @torch.inference_mode()
+def decode_tokens(
+    model: nn.Module,
+    batch: Batch,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    stop: Callable[[torch.Tensor], list[bool]] | None = None,
+    stop_check_every: int = 4,
+) -> torch.Tensor:
+    """Decoding with a KV cache, greedy (temperature 0) or sampled from the raw logits / temperature with
+    `generator`: [n, max_new_tokens] token ids, each row's first EOS kept and padding after it.
+
+    A sequence leaves the batch (its cache rows are dropped) at EOS, so later steps only compute the sequences still
+    running; the batch ends when none is left. `stop`, if given, receives the tokens so far of the running
+    sequences and returns which are already decided (e.g. a refusal marker appeared); it is called every
+    `stop_check_every` steps and those sequences leave the batch too."""
+    eos = torch.tensor(list(eos_ids), device=batch.input_ids.device)
+    logits, cache = _prefill(model, batch)
+    mask = batch.attention_mask
+    positions = batch.position_ids[:, -1:]
+    live = torch.arange(len(batch), device=mask.device)  # batch row of each running sequence
+    tokens = torch.full((len(batch), max_new_tokens), pad_id, dtype=torch.long, device=mask.device)
+    for step in range(max_new_tokens):
+        if temperature > 0:
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        else:
+            token = logits.argmax(dim=-1)
+        tokens[live, step] = token
+        running = ~torch.isin(token, eos)
+        if stop is not None and (step + 1) % stop_check_every == 0:
+            running &= ~torch.tensor(stop(tokens[live, : step + 1]), dtype=torch.bool, device=mask.device)
+        if step + 1 == max_new_tokens or not bool(running.any()):
+            break
+        if not bool(running.all()):
+            keep = running.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            live, mask, positions, token = live[keep], mask[keep], positions[keep], token[keep]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions + 1
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1, :]
+    return tokens
+
+
+def decode_replies(
+    model: nn.Module,
+    token_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    eos_ids: Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """`decode_tokens` on tokenised prompts: each reply's token ids up to and including its first EOS."""
+    tokens = decode_tokens(
+        model, left_padded(token_ids, pad_id, model_device(model)), max_new_tokens, eos_ids, pad_id,
+        temperature, generator,
+    ).cpu().tolist()  # fmt: skip
+    eos = {int(e) for e in eos_ids}
+    return [row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in tokens]
+
+
 def generate_greedy(
     model: nn.Module,
     tokenizer: Any,
@@ -366,44 +448,23 @@ def generate_greedy(
     stop: Callable[[list[str]], list[bool]] | None = None,
     stop_check_every: int = 4,
 ) -> list[str]:
-    """Greedy decoding with a KV cache. A sequence leaves the batch (its cache rows are dropped) at EOS, so later
-    steps only compute the sequences still running; the batch ends when none is left.
-
-    `stop`, if given, receives the decoded text so far of the running sequences and returns which are already
-    decided (e.g. a refusal marker appeared); it is called every `stop_check_every` steps and those sequences
-    leave the batch too."""
-    eos = torch.tensor(eos_token_ids(model, tokenizer), device=model_device(model))
-    pad = tokenizer.pad_token_id
+    """Greedy replies as text (`decode_tokens`); `stop`, if given, receives the decoded text so far of the running
+    sequences."""
+    eos = eos_token_ids(model, tokenizer)
+    decided = None
+    if stop is not None:
+        decided = lambda tokens: stop(tokenizer.batch_decode(tokens, skip_special_tokens=True))  # noqa: E731
     responses: list[str] = []
     for batch in batches:
-        logits, cache = _prefill(model, batch)
-        mask = batch.attention_mask
-        positions = batch.position_ids[:, -1:]
-        live = torch.arange(len(batch), device=mask.device)  # batch row of each running sequence
-        tokens = torch.full((len(batch), max_new_tokens), pad, dtype=torch.long, device=mask.device)
-        for step in range(max_new_tokens):
-            token = logits.argmax(dim=-1)
-            tokens[live, step] = token
-            running = ~torch.isin(token, eos)
-            if stop is not None and (step + 1) % stop_check_every == 0:
-                texts = tokenizer.batch_decode(tokens[live, : step + 1], skip_special_tokens=True)
-                running &= ~torch.tensor(stop(texts), device=mask.device)
-            if step + 1 == max_new_tokens or not bool(running.any()):
-                break
-            if not bool(running.all()):
-                keep = running.nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
-                live, mask, positions, token = live[keep], mask[keep], positions[keep], token[keep]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions + 1
-            out = model(
-                input_ids=token[:, None],
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1, :]
+        tokens = decode_tokens(
+            model,
+            batch,
+            max_new_tokens,
+            eos,
+            tokenizer.pad_token_id,
+            stop=decided,
+            stop_check_every=stop_check_every,
+        )
         responses.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
     return [r.strip() for r in responses]
 
