@@ -138,6 +138,24 @@ def test_sampled_decoding_is_seeded_and_replies_end_at_eos(loaded, monkeypatch):
     assert all(stop not in reply[:-1] for reply in cut)
 
 
+def test_stop_callback_ends_decided_sequences(loaded):
+    """`stop` sees the text so far of the running sequences; those it marks decided leave the batch."""
+    model, tok = loaded
+    batches = encode(tok, TEXTS, None, 8, torch.device("cpu"))
+    full, two = generate_greedy(model, tok, batches, 8), generate_greedy(model, tok, batches, 2)
+    assert len(set(two)) == len(TEXTS)
+    seen: list[list[str]] = []
+
+    def first_row_decided(texts: list[str]) -> list[bool]:  # the first prompt's reply, once it has 2 tokens
+        seen.append(texts)
+        return [text.strip() == two[0] for text in texts]
+
+    stopped = generate_greedy(model, tok, batches, 8, stop=first_row_decided, stop_check_every=2)
+    assert stopped[0] == two[0] != full[0]
+    assert stopped[1:] == full[1:]
+    assert len(seen[0]) == len(TEXTS) and all(len(texts) < len(TEXTS) for texts in seen[1:])
+
+
 def test_length_split_minimises_padding_plus_calls():
     from bruno.model import Batch
 

@@ -451,9 +451,11 @@ def generate_greedy(
     """Greedy replies as text (`decode_tokens`); `stop`, if given, receives the decoded text so far of the running
     sequences."""
     eos = eos_token_ids(model, tokenizer)
-    decided = None
-    if stop is not None:
-        decided = lambda tokens: stop(tokenizer.batch_decode(tokens, skip_special_tokens=True))  # noqa: E731
+
+    def decided(tokens: torch.Tensor) -> list[bool]:
+        assert stop is not None
+        return stop(tokenizer.batch_decode(tokens, skip_special_tokens=True))
+
     responses: list[str] = []
     for batch in batches:
         tokens = decode_tokens(
@@ -462,7 +464,7 @@ def generate_greedy(
             max_new_tokens,
             eos,
             tokenizer.pad_token_id,
-            stop=decided,
+            stop=decided if stop is not None else None,
             stop_check_every=stop_check_every,
         )
         responses.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
