@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from bruno.errors import BrunoError
-from bruno.model import Batch, left_padded, model_device
+from bruno.model import Batch, left_padded, model_device, next_token_logits
 
 log = logging.getLogger(__name__)
 
@@ -338,11 +338,9 @@ class MMLUEvaluator:
         device = model_device(model)
         out: dict[int, torch.Tensor] = {}
         for chunk, batch in self._batches_for(key):
-            ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-            logits = model(
-                input_ids=ids, attention_mask=mask, position_ids=batch.position_ids.to(device), use_cache=False,
-                logits_to_keep=1,
-            ).logits[:, -1, :]  # fmt: skip
+            logits = next_token_logits(
+                model, Batch(batch.input_ids.to(device), batch.attention_mask.to(device))
+            )
             logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
             scores = torch.stack(
                 [torch.logsumexp(logprobs[:, self.letter_ids[letter]], dim=-1) for letter in LETTERS], dim=-1

@@ -276,13 +276,14 @@ def last_token_residuals(model: nn.Module, batches: Sequence[Batch]) -> torch.Te
 
 def next_token_logits(model: nn.Module, batch: Batch, cache: Any = None) -> torch.Tensor:
     """Raw logits at the last position of a left-padded batch, [n, vocab]; fills `cache` (a KV cache) when given."""
+    with_cache = {} if cache is None else {"past_key_values": cache}
     out = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
-        past_key_values=cache,
         use_cache=cache is not None,
         logits_to_keep=1,
+        **with_cache,
     )
     return out.logits[:, -1, :]
 

@@ -4,9 +4,10 @@ Parameter names follow heretic: `direction_scope`, `direction_index`, and per co
 `mlp.down_proj`) `max_weight`, `max_weight_position`, `min_weight` (a fraction of max_weight), `min_weight_distance`.
 Ranges are configured as fractions of the last layer index, so one config suits models of any depth.
 
-The study lives in a working file (an Optuna journal, or SQLite for a `.db` path) that Snakemake does not manage (a failed job must not delete it); it carries a
-fingerprint of the search space, objectives and inputs, and a mismatch is an error. A resumed run marks trials left
-RUNNING by a killed worker as FAIL and continues until `n_trials` trials are COMPLETE.
+The study lives in a working file (an Optuna journal, or SQLite for a `.db` path) that Snakemake does not manage (a
+failed job must not delete it); it carries a fingerprint of the search space, objectives and inputs, and a mismatch is
+an error. A resumed run marks trials left RUNNING by a killed worker as FAIL and continues until `n_trials` trials are
+COMPLETE.
 """
 
 from __future__ import annotations

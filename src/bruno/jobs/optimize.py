@@ -1,10 +1,10 @@
 """Stage `optimize`: the resumable Optuna search.
 
-The working study is an Optuna journal file (results/{variant}/optuna/journal.log); the SQLite `study.db` is a snapshot
-written when the search ends. One worker (default): the job creates or resumes the study and runs it to `n_trials`
-COMPLETE trials. Several workers (`search.optimize_workers` > 1, e.g. one GPU job each on a cluster): `init` creates a journal-file study
-once (safe on shared filesystems) and enqueues the warm start, `work` runs one worker (seed + worker index; trials counted
-across all workers), `snapshot_only` writes the SQLite snapshot when all workers are done.
+The working study is an Optuna journal file (results/{variant}/optuna/journal.log); the SQLite `study.db` is a
+snapshot written when the search ends. One worker (default): the job creates or resumes the study and runs it to
+`n_trials` COMPLETE trials. Several workers (`search.optimize_workers` > 1, e.g. one GPU job each on a cluster): `init`
+creates the study once (safe on shared filesystems) and enqueues the warm start, `work` runs one worker (seed + worker
+index; trials counted across all workers), `snapshot_only` writes the SQLite snapshot when all workers are done.
 """
 
 from __future__ import annotations
