@@ -176,6 +176,59 @@ def test_heal_stage_trains_merges_and_saves(tiny_model_dir, refusing_base, promp
     assert changed and all(name.endswith("proj.weight") for name in changed)
 
 
+@pytest.fixture(scope="module")
+def perturbed_model(tiny_model_dir, tmp_path_factory):
+    """The tiny model with noise on its attention output matrices: a stand-in for an edited copy of it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("perturbed") / "model"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            weight = layer.self_attn.o_proj.weight
+            weight.add_(torch.randn(weight.shape, generator=generator) * 2 * weight.std())
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+def first_token_kl(base_dir, other_dir, texts) -> float:
+    from bruno.model import encode, first_token_logprobs, kl_divergence, load_model
+
+    base, tokenizer = load_model(base_dir, ModelSettings())
+    other, _ = load_model(other_dir, ModelSettings())
+    batches = encode(tokenizer, texts, None, 8, torch.device("cpu"))
+    return kl_divergence(first_token_logprobs(base, batches), first_token_logprobs(other, batches))
+
+
+def test_distillation_pulls_the_first_token_towards_the_base(tiny_model_dir, perturbed_model, prompt_files, tmp_path):
+    texts = [p.text for p in prompts("safe", 8)]
+    healed_kl = {}
+    for weight in (0.0, 1000.0):
+        out = tmp_path / f"w{weight:g}"
+        settings = tiny_settings(dpo_max_steps=8, n_harmless_pairs=8, distill_weight=weight, distill_batch_size=4)
+        record = run_stage(tiny_model_dir, perturbed_model, prompt_files, out, settings)
+        log = pd.read_csv(out / "heal_training_log.csv")
+        if weight:
+            answered = record["pairs"]["harmless_candidates"] - record["pairs"]["harmless_base_refused"]
+            assert record["pairs"]["distill_prompts"] == answered > 0
+            assert log["distill_kl"].notna().all() and (log["distill_kl"] >= 0).all()
+        else:
+            assert "distill_prompts" not in record["pairs"] and log["distill_kl"].isna().all()
+        healed_kl[weight] = first_token_kl(tiny_model_dir, out / "healed", texts)
+    ablated_kl = first_token_kl(tiny_model_dir, perturbed_model, texts)
+    assert healed_kl[1000.0] < 0.5 * ablated_kl
+    assert healed_kl[1000.0] < 0.5 * healed_kl[0.0]
+
+
+def test_distillation_needs_harmless_prompts_the_base_answers(refusing_base, tiny_model_dir, prompt_files, tmp_path):
+    # The refusing base gives only empty replies (refusals): no prompt to distil from.
+    with pytest.raises(BrunoError, match="healing.distill_weight"):
+        run_stage(refusing_base, tiny_model_dir, prompt_files, tmp_path, tiny_settings(distill_weight=1.0))
+    assert not (tmp_path / "healed").exists()
+
+
 def test_heal_stage_without_pairs_or_disabled_raises(tiny_model_dir, prompt_files, tmp_path):
     # The ablated model is also the base: nothing is refused, so no harmful pair exists.
     with pytest.raises(BrunoError, match="No DPO preference pairs"):

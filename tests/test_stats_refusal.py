@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bruno.refusal import MarkerDetector, normalize_response
-from bruno.stats import mean_metric, rate_metric, wilson_interval
+from bruno.stats import Z95, bootstrap_interval, mean_metric, rate_metric, wilson_interval
 
 
 def test_wilson_known_values():
@@ -25,6 +25,22 @@ def test_rate_and_mean_metrics():
     assert m["ci95"][0] < 0.75 < m["ci95"][1]
     mm = mean_metric([1.0, 2.0, 3.0])
     assert mm["value"] == 2.0 and mm["ci95"][0] < 2.0 < mm["ci95"][1]
+    assert mean_metric([1.0, 2.0, 3.0]) == mm  # seeded
+
+
+def test_bootstrap_interval_of_the_mean():
+    assert bootstrap_interval([0.5] * 20) == (0.5, 0.5)
+    # Symmetric data, n = 200: close to the normal interval mean +- 1.96 s / sqrt(n).
+    values = [float(i % 10) for i in range(200)]
+    mean, sd = sum(values) / 200, (sum((v - 4.5) ** 2 for v in values) / 199) ** 0.5
+    lo, hi = bootstrap_interval(values)
+    assert lo == pytest.approx(mean - Z95 * sd / 200**0.5, abs=0.05)
+    assert hi == pytest.approx(mean + Z95 * sd / 200**0.5, abs=0.05)
+    # Skewed non-negative data (one large value among 99 zeros): the normal interval goes below 0, the bootstrap
+    # interval stays at >= 0, and at 0 exactly when the large value is left out of 2.5 % of the resamples or more.
+    skewed = [0.0] * 99 + [1.0]
+    lo, hi = bootstrap_interval(skewed)
+    assert lo == 0.0 and 0.02 < hi <= 0.04
 
 
 def test_normalisation_and_markers():

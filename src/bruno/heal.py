@@ -5,6 +5,11 @@ compliant reply is *chosen* and the base model's actual refusal is *rejected*; o
 model's answer is *chosen* and a degraded copy of it (truncated or word-shuffled) is *rejected*, which pulls the ablated
 model back towards the base's harmless behaviour. Training uses TRL's `DPOTrainer` with `ref_model=None` and a
 `peft_config`, so the reference is the ablated model with the adapter disabled (no second copy of the model).
+
+DPO's implicit KL term anchors to that reference, the ablated model, not to the base. With `distill_weight` > 0 the
+loss also holds a distillation term towards the base: KL(base || model) of the first response token's distribution on
+harmless train prompts the base answers (the same quantity the search minimises on val prompts), from base log-probs
+computed once before training.
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ import torch
 from torch import nn
 
 from bruno.errors import BrunoError
-from bruno.model import encode, first_token_logprobs, generate_greedy, kl_divergence, model_device
+from bruno.model import (
+    Batch,
+    encode,
+    first_token_logprobs,
+    generate_greedy,
+    kl_divergence,
+    model_device,
+    next_token_logits,
+)
 from bruno.prompts import Prompt
 from bruno.refusal import MarkerDetector
 
@@ -40,6 +53,7 @@ TRAINING_LOG_COLUMNS = {
     "reward_rejected": "rewards/rejected",
     "learning_rate": "learning_rate",
     "grad_norm": "grad_norm",
+    "distill_kl": "distill_kl",
 }
 
 
@@ -66,6 +80,8 @@ class HealingSettings:
     include_harmless_pairs: bool = True
     n_harmless_pairs: int | None = None
     harmless_degradation: str = "shuffle"
+    distill_weight: float = 0.0
+    distill_batch_size: int = 32
     max_new_tokens: int = 256
     checkpoint_every: int | None = None
     checkpoint_val_prompts: int = 100
@@ -194,6 +210,55 @@ def harmless_pairs(
 # DPO training
 
 
+@dataclass
+class FirstTokenDistillation:
+    """KL(base || model) of the first response token on a seeded random mini-batch of prompts per training step.
+
+    `batch` holds the left-padded prompts (one batch), `base_logprobs` the base model's log-softmax at their first
+    response position ([n, vocab], CPU)."""
+
+    batch: Batch
+    base_logprobs: torch.Tensor
+    weight: float
+    batch_size: int
+    seed: int
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def loss(self, model: nn.Module) -> torch.Tensor:
+        n = len(self.batch)
+        rows = torch.randperm(n, generator=self.generator)[: min(self.batch_size, n)]
+        device = model_device(model)
+        sub = Batch(self.batch.input_ids[rows].to(device), self.batch.attention_mask[rows].to(device))
+        logprobs = torch.log_softmax(next_token_logits(model, sub).float(), dim=-1)
+        target = self.base_logprobs[rows].to(device)
+        return torch.nn.functional.kl_div(logprobs, target, reduction="batchmean", log_target=True)
+
+
+def dpo_trainer_class() -> type:
+    """TRL's DPOTrainer, plus the optional distillation term (logged as `distill_kl`) in training steps."""
+    from trl import DPOTrainer
+
+    class HealingDPOTrainer(DPOTrainer):
+        def __init__(self, *args: Any, distillation: FirstTokenDistillation | None = None, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.distillation = distillation
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.distillation is None or not model.training:
+                return result
+            loss, outputs = result if return_outputs else (result, None)
+            kl = self.distillation.loss(model)
+            self._metrics["train"]["distill_kl"].append(kl.item())
+            loss = loss + self.distillation.weight * kl
+            return (loss, outputs) if return_outputs else loss
+
+    return HealingDPOTrainer
+
+
 def precision(device: torch.device) -> dict[str, bool]:
     """Mixed precision for the trainer: bf16 on GPUs that support it, fp16 on older GPUs, none on CPU."""
     if device.type == "cuda":
@@ -316,19 +381,20 @@ def train_dpo(
     settings: HealingSettings,
     seed: int,
     probe: CheckpointProbe | None = None,
+    distillation: FirstTokenDistillation | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
     """DPO with a fresh LoRA adapter on `model`; returns the merged model, the training log rows and a summary.
-    With a `probe`, the adapter of the checkpoint it selects is merged instead of the last one."""
+    With a `probe`, the adapter of the checkpoint it selects is merged instead of the last one; with a
+    `distillation`, its weighted term is added to the loss of every training step."""
     from datasets import Dataset
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-    from trl import DPOTrainer
 
     if not pairs:
         raise BrunoError("DPO healing got no preference pairs (see the pair counts in the log).")
     device = model_device(model)
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     with tempfile.TemporaryDirectory(prefix="bruno-dpo-") as output_dir:
-        trainer = DPOTrainer(
+        trainer = dpo_trainer_class()(
             model=model,
             ref_model=None,
             args=dpo_config(settings, seed, device, output_dir),
@@ -336,6 +402,7 @@ def train_dpo(
             processing_class=tokenizer,
             peft_config=lora_config(settings),
             callbacks=[probe.callback()] if probe is not None else None,
+            distillation=distillation,
         )
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         start = time.perf_counter()

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from bruno.errors import BrunoError
 from bruno.heal import (
     TRAINING_LOG_COLUMNS,
     CheckpointProbe,
+    FirstTokenDistillation,
     HealingSettings,
     harmful_pairs,
     harmless_pairs,
@@ -67,7 +69,7 @@ def run(
     n_harmless = settings.n_harmless_pairs if settings.n_harmless_pairs is not None else n_harmful
     harmless = (
         sample_prompts(read_prompts(harmless_train_path), n_harmless, seed + 1)
-        if settings.include_harmless_pairs
+        if settings.include_harmless_pairs or settings.distill_weight > 0
         else []
     )
 
@@ -106,6 +108,26 @@ def run(
             every=settings.checkpoint_every,
             max_refusal_increase=settings.checkpoint_max_refusal_increase,
         )
+    distillation = None
+    if settings.distill_weight > 0:
+        answered = [
+            p.text for p, v in zip(harmless, detector.classify(base_harmless), strict=True) if not v.is_refusal
+        ]
+        if not answered:
+            raise BrunoError(
+                "config key 'healing.distill_weight' is set but the base model refused every sampled harmless train "
+                "prompt, so there is nothing to distil; set it to 0 or check evaluation.refusal_markers."
+            )
+        device = model_device(base)
+        distillation = FirstTokenDistillation(
+            batch=encode(tokenizer, answered, system_prompt, len(answered), torch.device("cpu"))[0],
+            base_logprobs=first_token_logprobs(
+                base, encode(tokenizer, answered, system_prompt, model_settings.batch_size, device)
+            ),
+            weight=settings.distill_weight,
+            batch_size=settings.distill_batch_size,
+            seed=seed,
+        )
     del base
     gc.collect()
 
@@ -115,12 +137,14 @@ def run(
     )
     pairs = pairs[:n_harmful] if n_harmful is not None else pairs
     counts["harmful_pairs"] = len(pairs)
-    if harmless:
+    if harmless and settings.include_harmless_pairs:
         extra, harmless_counts = harmless_pairs(
             harmless, base_harmless, detector, system_prompt, settings.harmless_degradation, seed
         )
         pairs += extra
         counts.update(harmless_counts)
+    if distillation is not None:
+        counts["distill_prompts"] = len(distillation.batch)
     log.info("preference pairs: %s", counts)
     if not pairs:
         raise BrunoError(
@@ -131,7 +155,7 @@ def run(
     write_jsonl(pairs_path, pairs)
     generation_seconds = time.perf_counter() - start
 
-    healed, rows, summary = train_dpo(model, tokenizer, pairs, settings, seed, probe)
+    healed, rows, summary = train_dpo(model, tokenizer, pairs, settings, seed, probe, distillation)
     with atomic_directory(out_dir) as tmp:
         healed.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

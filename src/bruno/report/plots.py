@@ -182,11 +182,13 @@ def verdict_bars(
 
 @styled
 def heal_plot(log: Any) -> str | None:
-    """DPO training curve: loss and reward margin per logged step."""
+    """DPO training curve: loss, reward margin and accuracy, and the distillation KL where it was on, per logged step."""
     if log is None or log.empty or "step" not in log.columns:
         return None
     series = [
-        c for c in ("loss", "reward_margin", "reward_accuracy") if c in log.columns and log[c].notna().any()
+        c
+        for c in ("loss", "reward_margin", "reward_accuracy", "distill_kl")
+        if c in log.columns and log[c].notna().any()
     ]
     if not series:
         return None

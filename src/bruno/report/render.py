@@ -226,6 +226,7 @@ def healing_summary(record: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     if not record:
         return []
     items = [*(record.get("pairs") or {}).items(), *(record.get("training") or {}).items()]
+    items.append(("distill_weight", (record.get("settings") or {}).get("distill_weight", 0.0)))
     items.append(("seconds", record.get("seconds")))
     return [
         (str(k), fmt_number(v) if isinstance(v, float) else str(v))
