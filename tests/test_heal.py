@@ -202,12 +202,16 @@ def first_token_kl(base_dir, other_dir, texts) -> float:
     return kl_divergence(first_token_logprobs(base, batches), first_token_logprobs(other, batches))
 
 
-def test_distillation_pulls_the_first_token_towards_the_base(tiny_model_dir, perturbed_model, prompt_files, tmp_path):
+def test_distillation_pulls_the_first_token_towards_the_base(
+    tiny_model_dir, perturbed_model, prompt_files, tmp_path
+):
     texts = [p.text for p in prompts("safe", 8)]
     healed_kl = {}
     for weight in (0.0, 1000.0):
         out = tmp_path / f"w{weight:g}"
-        settings = tiny_settings(dpo_max_steps=8, n_harmless_pairs=8, distill_weight=weight, distill_batch_size=4)
+        settings = tiny_settings(
+            dpo_max_steps=8, n_harmless_pairs=8, distill_weight=weight, distill_batch_size=4
+        )
         record = run_stage(tiny_model_dir, perturbed_model, prompt_files, out, settings)
         log = pd.read_csv(out / "heal_training_log.csv")
         if weight:
@@ -222,7 +226,9 @@ def test_distillation_pulls_the_first_token_towards_the_base(tiny_model_dir, per
     assert healed_kl[1000.0] < 0.5 * healed_kl[0.0]
 
 
-def test_distillation_needs_harmless_prompts_the_base_answers(refusing_base, tiny_model_dir, prompt_files, tmp_path):
+def test_distillation_needs_harmless_prompts_the_base_answers(
+    refusing_base, tiny_model_dir, prompt_files, tmp_path
+):
     # The refusing base gives only empty replies (refusals): no prompt to distil from.
     with pytest.raises(BrunoError, match="healing.distill_weight"):
         run_stage(refusing_base, tiny_model_dir, prompt_files, tmp_path, tiny_settings(distill_weight=1.0))

@@ -111,7 +111,9 @@ def run(
     distillation = None
     if settings.distill_weight > 0:
         answered = [
-            p.text for p, v in zip(harmless, detector.classify(base_harmless), strict=True) if not v.is_refusal
+            p.text
+            for p, v in zip(harmless, detector.classify(base_harmless), strict=True)
+            if not v.is_refusal
         ]
         if not answered:
             raise BrunoError(
