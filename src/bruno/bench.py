@@ -60,10 +60,11 @@ def _random_values(space: SearchSpace, rng: random.Random) -> dict[str, Any]:
 def time_trials(
     model: Any, tokenizer: Any, directions: torch.Tensor, harmful: list[str], harmless: list[str],
     n_trials: int, max_new_tokens: int, batch_size: int, early_stop: bool = False, seed: int = 0,
+    prefix_reuse_mb: float = 1024,
 ) -> dict[str, Any]:  # fmt: skip
     evaluator = TrialEvaluator(
         model, tokenizer, directions, COMPONENTS, "row", harmful, harmless, None, batch_size, max_new_tokens,
-        refusal_early_stop=early_stop,
+        refusal_early_stop=early_stop, prefix_reuse_mb=prefix_reuse_mb,
     )  # fmt: skip
     space = _space(evaluator.n_layers)
     rng = random.Random(seed)
@@ -85,6 +86,7 @@ def time_trials(
         "n_kl_prompts": len(harmless),
         "max_new_tokens": max_new_tokens,
         "early_stop": early_stop,
+        "prefix_layers_kept": evaluator.prefix.n_layers,
         "seconds_per_trial": total,
         "seconds_kl": kl,
         "seconds_generation": gen,
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["trials_per_second"] = main_run["trials_per_second"]
     report["early_stop"] = time_trials(model, tokenizer, directions, harmful, harmless, args.trials, args.tokens,
                                        args.batch_size, early_stop=True)  # fmt: skip
+    report["no_prefix_reuse"] = time_trials(model, tokenizer, directions, harmful, harmless, args.trials, args.tokens,
+                                            args.batch_size, prefix_reuse_mb=0)  # fmt: skip
     memory = time_trials(
         model, tokenizer, directions, harmful, harmless, args.memory_trials, args.tokens, args.batch_size
     )
@@ -279,6 +283,9 @@ def print_report(report: dict[str, Any]) -> None:
           f"{report['machine']['threads']} threads")  # fmt: skip
     print(f"trials/s {o['trials_per_second']:.2f}  | per trial {o['seconds_per_trial']:.3f} s = KL {o['seconds_kl']:.3f} + "
           f"generation {o['seconds_generation']:.3f} + overhead {o['seconds_overhead']:.3f}")  # fmt: skip
+    p = report["no_prefix_reuse"]
+    print(f"without re-using the unedited leading layers: {p['trials_per_second']:.2f} trials/s (with: "
+          f"{o['prefix_layers_kept']} layers kept)")  # fmt: skip
     e = report["early_stop"]
     print(f"refusal early stop: {e['trials_per_second']:.2f} trials/s (refusal rate {e['mean_refusal_rate']:.3f} vs "
           f"{o['mean_refusal_rate']:.3f} without)")  # fmt: skip

@@ -320,6 +320,21 @@ def eos_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+def _plain_cache(model: nn.Module) -> bool:
+    """Whether every layer of the model's KV cache is a plain full-attention layer (so caches can be joined)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+
+def prefill_batches(model: nn.Module, batch: Batch) -> list[Batch]:
+    """The batches the model is called on to prefill `batch`: its length groups (`first_token_logprobs`, `_prefill`),
+    and the whole batch where `_prefill` runs it in one piece."""
+    groups = [sub for _, sub in batch.by_length()]
+    return groups if len(groups) > 1 and _plain_cache(model) else [*groups, batch]
+
+
 def _prefill(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Any]:
     """Run the prompts of a left-padded batch into a fresh KV cache; returns (next-token logits [n, vocab], cache).
 
@@ -327,15 +342,13 @@ def _prefill(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Any]:
     batch's width and joined, so decoding runs on one batch; models with other than plain full-attention cache
     layers (sliding windows, recurrent states) are prefilled in one piece."""
     from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
 
     def run(sub: Batch) -> tuple[torch.Tensor, Any]:
         cache = DynamicCache(config=model.config)
         return next_token_logits(model, sub, cache), cache
 
     groups = batch.by_length()
-    plain = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
-    if len(groups) == 1 or not plain:
+    if len(groups) == 1 or not _plain_cache(model):
         return run(batch)
     parts = [(rows, *run(sub)) for rows, sub in groups]
     width = batch.input_ids.shape[1]

@@ -51,6 +51,7 @@ class SearchSettings:
     max_failed_trials: int = 20
     optimize_workers: int = 1
     refusal_early_stop: bool = False
+    prefix_reuse_mb: float = 1024
     refusal_constraint: float | None = None
     use_hallucination_detection: bool = False
     hallucination_check_n_questions: int = 10

@@ -1,7 +1,8 @@
 """Scoring one set of abliteration parameters on the validation prompts, without copying or reloading the model.
 
 Everything that does not depend on the parameters is computed once: tokenised prompt batches, the base model's
-first-token log-probs on the harmless prompts, and the norms of the target matrices. Extra objectives (hallucination
+first-token log-probs on the harmless prompts, the norms of the target matrices, and the base model's leading layers
+on both prompt sets (`PrefixReuse`: layers before a trial's first edited layer are not recomputed). Extra objectives (hallucination
 score, capability loss) are callables of the hooked model, timed separately.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 from bruno.ablation import hooked
 from bruno.model import encode, first_token_logprobs, generate_greedy, kl_divergence, model_device
 from bruno.plan import AblationParams, DirectionSet, EditTargets, build_edits
+from bruno.prefix import PrefixReuse
 from bruno.refusal import MarkerDetector
 
 
@@ -53,6 +55,7 @@ class TrialEvaluator:
         biprojected: bool = False,
         refusal_early_stop: bool = False,
         extra_objectives: Mapping[str, Callable[[nn.Module], float]] | None = None,
+        prefix_reuse_mb: float = 1024,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -75,6 +78,8 @@ class TrialEvaluator:
         self.kl_batches = encode(tokenizer, kl_prompts, system_prompt, batch_size, device)
         self.n_refusal_prompts = len(refusal_prompts)
         self.base_logprobs = first_token_logprobs(model, self.kl_batches)
+        # The base model's leading layers on these prompts, re-used by trials whose edits start later.
+        self.prefix = PrefixReuse(model, self.refusal_batches, self.kl_batches, prefix_reuse_mb)
         # The unedited model's values of the extra objectives: the reference for selection constraints.
         self.base_extra = {name: float(objective(model)) for name, objective in self.extra_objectives.items()}
 
@@ -85,7 +90,8 @@ class TrialEvaluator:
     def evaluate(self, params: AblationParams) -> TrialResult:
         start = time.perf_counter()
         edits = build_edits(self.targets, self.directions, params, self.norm_preservation, self.biprojected)
-        with hooked(self.targets.modules, edits):
+        first_edited = min((layer for _, layer in edits), default=self.n_layers)
+        with hooked(self.targets.modules, edits), self.prefix.replaying(first_edited):
             t0 = time.perf_counter()
             logprobs = first_token_logprobs(self.model, self.kl_batches)
             t1 = time.perf_counter()

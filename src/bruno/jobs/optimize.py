@@ -153,6 +153,7 @@ def prepare(
         MarkerDetector(refusal_markers),
         biprojected=abliteration.biprojected,
         refusal_early_stop=settings.refusal_early_stop,
+        prefix_reuse_mb=settings.prefix_reuse_mb,
         extra_objectives=extra_objectives(
             settings, evaluation, tokenizer, model_settings.system_prompt, seed
         ),
