@@ -231,7 +231,9 @@ class FirstTokenDistillation:
         n = len(self.batch)
         rows = torch.randperm(n, generator=self.generator)[: min(self.batch_size, n)]
         device = model_device(model)
-        sub = Batch(self.batch.input_ids[rows].to(device), self.batch.attention_mask[rows].to(device))
+        mask = self.batch.attention_mask[rows]
+        width = int(mask.sum(1).max())  # drop the columns that are padding in every drawn row
+        sub = Batch(self.batch.input_ids[rows, -width:].to(device), mask[:, -width:].to(device))
         logprobs = torch.log_softmax(next_token_logits(model, sub).float(), dim=-1)
         target = self.base_logprobs[rows].to(device)
         return torch.nn.functional.kl_div(logprobs, target, reduction="batchmean", log_target=True)

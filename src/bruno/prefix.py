@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bruno.model import Batch, decoder_layers, next_token_logits, prefill_batches
+from bruno.model import Batch, _plain_cache, decoder_layers, next_token_logits, prefill_batches
 
 
 @dataclass
@@ -56,7 +56,8 @@ class PrefixReuse:
         runs += [(sub, False) for batch in uncached_batches for _, sub in batch.by_length()]
         candidates = len(self.layers) - 1
         self.n_layers = 0
-        if max_mb <= 0 or candidates < 1 or not runs:
+        # Only plain full-attention caches: sliding-window and recurrent cache layers are not replayed.
+        if max_mb <= 0 or candidates < 1 or not runs or not _plain_cache(model):
             return
         # Bytes per kept layer, from one layer of the first run scaled to all the tokens.
         tokens = sum(sub.input_ids.numel() for sub, _ in runs)
