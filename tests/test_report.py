@@ -105,6 +105,15 @@ def test_disabled_and_missing_parts_say_so(html):
     assert "not applied (off)" in cones  # CAA
 
 
+def test_healing_section_compares_ablated_and_healed_per_prompt(html):
+    # Fixture: per-prompt KL 0.02, 0.03, 0.01, 0.5 (ablated) and 0.005, 0.01, 0.002, 0.52 (healed).
+    text = re.sub(r"\s+", " ", section(html, "variant-baseline"))
+    assert "ablated &rarr; healed: 0.14 &rarr; 0.134; change -0.00575" in text
+    assert "closer to the base on 3 of 4 prompts" in text
+    assert "median per prompt 0.025 &rarr; 0.0075" in text
+    assert "kl-change" not in section(html, "variant-cones")  # healing off there
+
+
 def test_verdict_highlights_best_and_labels_organism(html):
     verdict = section(html, "verdict")
     assert "Organism numbers." in html

@@ -165,12 +165,15 @@ def run(
         settings,
     )
     metrics: dict[str, Any] = {"stage": stage, "model": model_path, **refusal_metrics(rows)}
-    metrics["kl_divergence"] = {
-        **mean_metric(per_prompt_kl(base, logprobs)),
-        "position": "first response token",
-    }
+    kl_values = per_prompt_kl(base, logprobs)
+    metrics["kl_divergence"] = {**mean_metric(kl_values), "position": "first response token"}
+    harmless_rows = [row for row in rows if row["set"] == "harmless"]  # in prompt order, like the KL values
+    for row, value in zip(harmless_rows, kl_values, strict=True):
+        row["kl_divergence"] = value
     if reference is not None:
         values = teacher_forced_kl(reference, model, tokenizer, batches, settings.batch_size)
+        for row, value in zip(harmless_rows, values, strict=True):
+            row["kl_divergence_teacher_forced"] = value
         mass = torch.cat([lp.exp().sum(-1) for lp in reference.top_logprobs])
         metrics["kl_divergence_teacher_forced"] = {
             **mean_metric(values),

@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from bruno.stats import bootstrap_interval
+
 log = logging.getLogger(__name__)
 
 # Package versions shown in the header (distribution names).
@@ -230,6 +232,37 @@ def load_samples(
             )
         samples[set_name] = chosen
     return samples
+
+
+def paired_kl_change(
+    results: Path, instance: str, before: str = "ablated", after: str = "healed"
+) -> dict[str, Any] | None:
+    """The per-prompt first-token KL (refusals.csv, harmless rows) of two stages of a variant on the same prompts:
+    means, the mean change (after - before) with a seeded paired bootstrap 95 % interval, on how many prompts `after`
+    is lower, and the median per prompt. None when either file lacks the per-prompt KL."""
+    columns = []
+    for stage in (before, after):
+        frame = read_csv(results / "eval" / instance / stage / "refusals.csv", keep_default_na=False)
+        if frame is None or "kl_divergence" not in frame.columns:
+            return None
+        harmless = frame[frame["set"].astype(str) == "harmless"]
+        values = pd.to_numeric(harmless["kl_divergence"], errors="coerce")
+        columns.append(pd.Series(values.to_numpy(), index=harmless["prompt_id"].astype(str), name=stage))
+    joined = pd.concat(columns, axis=1, join="inner").dropna()
+    if joined.empty:
+        return None
+    change = joined[after] - joined[before]
+    lo, hi = bootstrap_interval(change.tolist())
+    return {
+        "n": len(joined),
+        "before": float(joined[before].mean()),
+        "after": float(joined[after].mean()),
+        "change": float(change.mean()),
+        "ci95": [lo, hi],
+        "lower": int((change < 0).sum()),
+        "median_before": float(joined[before].median()),
+        "median_after": float(joined[after].median()),
+    }
 
 
 def load_benchmarks(benchmarks_dir: str | Path) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from bruno.report.load import (
     load_directions,
     load_samples,
     load_study,
+    paired_kl_change,
     read_csv,
     read_json,
 )
@@ -215,6 +216,7 @@ def variant_section(inputs: ReportInputs, instance: str, out_dir: Path) -> dict[
             "enabled": healing_enabled,
             "summary": healing_summary(healing_record),
             "log_rows": 0 if heal_log is None else len(heal_log),
+            "kl_change": kl_change_summary(paired_kl_change(results, instance)) if healing_enabled else None,
         },
         "samples": load_samples(results, instance, stages, inputs.n_samples),
         "artifacts": artifacts(results, instance, stages, out_dir),
@@ -233,6 +235,23 @@ def healing_summary(record: Mapping[str, Any] | None) -> list[tuple[str, str]]:
         for k, v in items
         if isinstance(v, (int, float, str))
     ]
+
+
+def kl_change_summary(change: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """`paired_kl_change` formatted for the healing section."""
+    if not change:
+        return None
+    lo, hi = change["ci95"]
+    return {
+        "n": str(change["n"]),
+        "before": fmt_number(change["before"]),
+        "after": fmt_number(change["after"]),
+        "change": f"{change['change']:+.3g}",
+        "ci95": f"[{lo:+.3g}, {hi:+.3g}]",
+        "lower": str(change["lower"]),
+        "median_before": fmt_number(change["median_before"]),
+        "median_after": fmt_number(change["median_after"]),
+    }
 
 
 def directions_summary(meta: Mapping[str, Any]) -> dict[str, Any]:
