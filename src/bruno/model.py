@@ -320,7 +320,7 @@ def eos_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def _plain_cache(model: nn.Module) -> bool:
+def plain_cache(model: nn.Module) -> bool:
     """Whether every layer of the model's KV cache is a plain full-attention layer (so caches can be joined)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
@@ -332,7 +332,7 @@ def prefill_batches(model: nn.Module, batch: Batch) -> list[Batch]:
     """The batches the model is called on to prefill `batch`: its length groups (`first_token_logprobs`, `_prefill`),
     and the whole batch where `_prefill` runs it in one piece."""
     groups = [sub for _, sub in batch.by_length()]
-    return groups if len(groups) > 1 and _plain_cache(model) else [*groups, batch]
+    return groups if len(groups) > 1 and plain_cache(model) else [*groups, batch]
 
 
 def _prefill(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Any]:
@@ -348,7 +348,7 @@ def _prefill(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Any]:
         return next_token_logits(model, sub, cache), cache
 
     groups = batch.by_length()
-    if len(groups) == 1 or not _plain_cache(model):
+    if len(groups) == 1 or not plain_cache(model):
         return run(batch)
     parts = [(rows, *run(sub)) for rows, sub in groups]
     width = batch.input_ids.shape[1]

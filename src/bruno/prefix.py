@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bruno.model import Batch, _plain_cache, decoder_layers, next_token_logits, prefill_batches
+from bruno.model import Batch, decoder_layers, next_token_logits, plain_cache, prefill_batches
 
 
 @dataclass
@@ -27,7 +27,7 @@ class _Record:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     outputs: list[torch.Tensor]  # per kept layer: the layer's output hidden states
-    keys: list[torch.Tensor]  # per kept layer: the key cache entries (empty list when the layer had none)
+    keys: list[torch.Tensor]  # per kept layer: the key cache entries (empty when recorded without a cache)
     values: list[torch.Tensor]
 
     def nbytes(self) -> int:
@@ -57,7 +57,7 @@ class PrefixReuse:
         candidates = len(self.layers) - 1
         self.n_layers = 0
         # Only plain full-attention caches: sliding-window and recurrent cache layers are not replayed.
-        if max_mb <= 0 or candidates < 1 or not runs or not _plain_cache(model):
+        if max_mb <= 0 or candidates < 1 or not runs or not plain_cache(model):
             return
         # Bytes per kept layer, from one layer of the first run scaled to all the tokens.
         tokens = sum(sub.input_ids.numel() for sub, _ in runs)
