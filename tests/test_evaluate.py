@@ -75,10 +75,17 @@ def test_evaluation_stage_writes_every_file_with_the_contract(tiny_model_dir, tm
     prompts, settings = write_inputs(tmp_path)
     reference = tmp_path / "harmless_logprobs.pt"
     metrics = {}
-    for stage, write in (("base", True), ("baseline/ablated", False)):
+    # A different random model as a third stage: its per-prompt KL from the base is not 0.
+    other = build_tiny_model(tmp_path / "other-model", seed=1)
+    stages = (
+        ("base", True, tiny_model_dir),
+        ("baseline/ablated", False, tiny_model_dir),
+        ("other/ablated", False, other),
+    )
+    for stage, write, model_dir in stages:
         out = tmp_path / stage
         outputs = {k: out / f"{k}.{'json' if k == 'metrics' else 'csv'}" for k in ("refusals", "mmlu", "hallucination", "metrics")}  # fmt: skip
-        run(stage, str(tiny_model_dir), ModelSettings(), prompts, settings, outputs, reference, write,
+        run(stage, str(model_dir), ModelSettings(), prompts, settings, outputs, reference, write,
             seed=0, is_organism=True)  # fmt: skip
         metrics[stage] = json.loads(outputs["metrics"].read_text())
         refusals = pd.read_csv(outputs["refusals"])
@@ -90,6 +97,8 @@ def test_evaluation_stage_writes_every_file_with_the_contract(tiny_model_dir, tm
         for key in ("kl_divergence", "kl_divergence_teacher_forced"):
             assert refusals.loc[harmless, key].notna().all() and refusals.loc[~harmless, key].isna().all()
             assert refusals.loc[harmless, key].mean() == pytest.approx(metrics[stage][key]["value"], abs=1e-9)
+            if stage == "other/ablated":
+                assert refusals.loc[harmless, key].nunique() > 1 and metrics[stage][key]["value"] > 0
         mmlu = pd.read_csv(outputs["mmlu"])
         assert len(mmlu) == 6 and {
             "subject",

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from bruno.bench import random_values
 from bruno.model import ModelSettings, decoder_layers, load_model
 from bruno.search import SearchSettings, SearchSpace
 from bruno.trial import TrialEvaluator
@@ -41,13 +42,8 @@ def evaluator(model, tokenizer, prefix_reuse_mb: float) -> TrialEvaluator:
 
 def random_params(space: SearchSpace, n: int):
     rng = random.Random(0)
-    dists = space.distributions()
     for _ in range(n):
-        values = {
-            name: rng.choice(d.choices) if hasattr(d, "choices") else rng.uniform(d.low, d.high)
-            for name, d in dists.items()
-        }
-        yield space.to_params(values)
+        yield space.to_params(random_values(space, rng))
 
 
 def test_trials_with_reused_layers_equal_full_trials(model_and_tokenizer):
@@ -72,7 +68,6 @@ def test_the_first_layer_sees_only_decoding_steps_when_reused(model_and_tokenize
         params = next(random_params(late_space(len(decoder_layers(model))), 1))
         evaluator(model, tokenizer, 0).evaluate(params)
         assert max(widths) > 1  # prompts run through layer 0
-        widths.clear()
         reused = evaluator(model, tokenizer, 1024)
         widths.clear()  # recording the prefix ran the prompts once
         reused.evaluate(params)

@@ -48,7 +48,8 @@ def _space(n_layers: int) -> SearchSpace:
     return SearchSpace.resolve(SearchSettings(ranges=ranges), n_layers, COMPONENTS)
 
 
-def _random_values(space: SearchSpace, rng: random.Random) -> dict[str, Any]:
+def random_values(space: SearchSpace, rng: random.Random) -> dict[str, Any]:
+    """A uniformly random point of the search space (Optuna parameter names -> values)."""
     values = {}
     for name, dist in space.distributions().items():
         values[name] = (
@@ -72,7 +73,7 @@ def time_trials(
     rows, rss = [], []
     start = time.perf_counter()
     for _ in range(n_trials):
-        result = evaluator.evaluate(space.to_params(_random_values(space, rng)))
+        result = evaluator.evaluate(space.to_params(random_values(space, rng)))
         rows.append(result)
         rss.append(_rss_mb())
     wall = time.perf_counter() - start

@@ -328,11 +328,11 @@ def plain_cache(model: nn.Module) -> bool:
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
-def prefill_batches(model: nn.Module, batch: Batch) -> list[Batch]:
-    """The batches the model is called on to prefill `batch`: its length groups (`first_token_logprobs`, `_prefill`),
-    and the whole batch where `_prefill` runs it in one piece."""
-    groups = [sub for _, sub in batch.by_length()]
-    return groups if len(groups) > 1 and plain_cache(model) else [*groups, batch]
+def prefill_groups(model: nn.Module, batch: Batch) -> list[tuple[torch.Tensor | None, Batch]]:
+    """How `_prefill` runs `batch`, as (row indices, sub-batch): its length groups, whose caches are joined, or the
+    whole batch in one piece (rows None) when it is one group or the cache layers are not plain full attention."""
+    groups = batch.by_length()
+    return groups if len(groups) > 1 and plain_cache(model) else [(None, batch)]
 
 
 def _prefill(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Any]:
@@ -347,8 +347,8 @@ def _prefill(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Any]:
         cache = DynamicCache(config=model.config)
         return next_token_logits(model, sub, cache), cache
 
-    groups = batch.by_length()
-    if len(groups) == 1 or not plain_cache(model):
+    groups = prefill_groups(model, batch)
+    if groups[0][0] is None:
         return run(batch)
     parts = [(rows, *run(sub)) for rows, sub in groups]
     width = batch.input_ids.shape[1]

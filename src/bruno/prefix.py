@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bruno.model import Batch, decoder_layers, next_token_logits, plain_cache, prefill_batches
+from bruno.model import Batch, decoder_layers, next_token_logits, plain_cache, prefill_groups
 
 
 @dataclass
@@ -52,7 +52,7 @@ class PrefixReuse:
         self.layers = decoder_layers(model)
         self.records: dict[tuple[bool, tuple[int, ...]], list[_Record]] = {}
         self._active: _Record | None = None
-        runs = [(sub, True) for batch in cached_batches for sub in prefill_batches(model, batch)]
+        runs = [(sub, True) for batch in cached_batches for _, sub in prefill_groups(model, batch)]
         runs += [(sub, False) for batch in uncached_batches for _, sub in batch.by_length()]
         candidates = len(self.layers) - 1
         self.n_layers = 0
