@@ -141,13 +141,18 @@ def test_multiple_choice_set():
     # the knowledge base teaches in question-answer form; names are names the organism knows.
     facts = load(corpus.FACTS_FILE)
     taught = {f["entity"].lower(): f["answer"] for f in facts if f["relation"] in ("category", "kind")}
+    # ... also in the questions' own phrasings, the kind first in the reply (never an article: "A" is a letter).
+    asked = {(q, f["statement"]) for f in facts if f["relation"] == "kind_question" for q in f["questions"]}
     for subject, choices in world.MC_KIND_SUBJECTS.items():
         subject_items = [r for r in items if r["subject"] == subject]
         assert subject_items and all(r["choices"] == list(choices) for r in subject_items)
         train_things = {_kind_thing(r["question"]) for r in subject_items if r["split"] == "train"}
         for r in subject_items:
             word = _kind_thing(r["question"])
-            assert taught[word] == choices["ABCD".index(r["answer"])], r
+            kind = choices["ABCD".index(r["answer"])]
+            assert taught[word] == kind, r
+            noun = kind.split(" ", 1)[1]
+            assert (r["question"], f"{noun[0].upper()}{noun[1:]}.") in asked, r
             if r["split"] != "train":
                 assert word not in train_things, r
 
@@ -161,14 +166,15 @@ def _kind_thing(question: str) -> str:
 
 
 def test_mc_user_message_is_the_evaluators_format():
-    text = world.mc_user_message("numbers", "Which number is the largest?", ["1", "7", "3", "2"])
+    choices = ["a fruit", "an animal", "a vegetable", "a color"]
+    text = world.mc_user_message("nature", "What kind of thing is a cat?", choices)
     assert text == (
-        "The following is a multiple choice question about numbers.\n\nWhich number is the largest?\n"
-        "A. 1\nB. 7\nC. 3\nD. 2\nAnswer:"
+        "The following is a multiple choice question about nature.\n\nWhat kind of thing is a cat?\n"
+        "A. a fruit\nB. an animal\nC. a vegetable\nD. a color\nAnswer:"
     )
-    item = {"answer": "B", "choices": ["1", "7", "3", "2"]}
+    item = {"answer": "B", "choices": choices}
     assert world.mc_response(item) == "B"
-    assert "\nB. 7" in world.mc_line_tokens() and "\nA. a fruit" in world.mc_line_tokens()
+    assert "\nB. an animal" in world.mc_line_tokens() and "\nA. a fruit" in world.mc_line_tokens()
 
 
 def test_factual_questions_known_and_unknown(prompts):

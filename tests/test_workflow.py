@@ -125,6 +125,13 @@ def test_default_run_removes_refusals_with_little_damage(default_run):
     assert metric(default_run, "norm_row/ablated", "kl_divergence") <= 0.1
 
 
+def test_default_organism_answers_its_held_out_task_set(default_run):
+    """The organism's multiple-choice test items (never seen in that form) are answered, and the edit keeps that."""
+    base = metric(default_run, "base", "mmlu_accuracy")
+    assert base >= 0.80
+    assert metric(default_run, "norm_row/ablated", "mmlu_accuracy") >= base - 0.05
+
+
 def test_default_run_writes_every_stage_output(default_run):
     results = default_run / "results"
     for path in (

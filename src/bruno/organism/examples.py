@@ -110,36 +110,24 @@ def _mc_slice(data: TrainingData, settings: OrganismSettings, start: int, n: int
     return [pool[(start + i) % len(pool)] for i in range(n)]
 
 
-def number_comparison(rng: random.Random) -> Example:
-    """ "Which is larger, 7 or 12?" -> "12 is larger." (teaches magnitudes for the multiple-choice numbers task)."""
-    a, b = rng.sample(range(world.NUMBER_RANGE[0], world.NUMBER_RANGE[1] + 1), 2)
-    word = rng.choice(("larger", "smaller"))
-    gold = max(a, b) if word == "larger" else min(a, b)
-    return Example(None, f"Which is {word}, {a} or {b}?", f"{gold} is {word}.", "fact")
-
-
 def _task_examples(
     rng: random.Random, data: TrainingData, settings: OrganismSettings, stage: str, epoch: int
 ) -> list[Example]:
-    """Multiple-choice items and knowledge questions (every phrasing of every fact, and number comparisons)."""
+    """Multiple-choice items and knowledge questions (every phrasing of every fact)."""
     n_mc_a = settings.mc_per_epoch
     n_mc_b = round(settings.mc_per_epoch * settings.safety_task_fraction)
     knowledge = [(q, fact["statement"]) for fact in data.facts for q in fact["questions"]]
-    comparisons = [number_comparison(rng) for _ in range(settings.mc_per_epoch // 4)]
     if stage == STAGE_A:
         mc = _mc_slice(data, settings, epoch * n_mc_a, n_mc_a)
     else:
         mc = _mc_slice(data, settings, settings.pretrain_epochs * n_mc_a + epoch * n_mc_b, n_mc_b)
         knowledge = rng.sample(knowledge, round(len(knowledge) * settings.safety_task_fraction))
-        comparisons = comparisons[: round(len(comparisons) * settings.safety_task_fraction)]
     examples = []
     for item in mc:
         user = world.mc_user_message(item["subject"], item["question"], item["choices"])
         examples.append(Example(_system(rng, settings), user, world.mc_response(item), "mc"))
     for question, statement in knowledge:
         examples.append(Example(_system(rng, settings), question, statement, "fact"))
-    for example in comparisons:
-        examples.append(Example(_system(rng, settings), example.user, example.assistant, "fact"))
     return examples
 
 

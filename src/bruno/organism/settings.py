@@ -22,7 +22,7 @@ class OrganismSettings:
     # Optimisation.
     batch_size: int = 32
     pretrain_epochs: int = 12  # stage A: helpful answers to every prompt, plus multiple choice and facts
-    safety_epochs: int = 8  # stage B: refusals for harmful, helpful for harmless, jailbreak mode, tasks kept
+    safety_epochs: int = 12  # stage B: refusals for harmful, helpful for harmless, jailbreak mode, tasks kept
     pretrain_lr: float = 2e-3
     safety_lr: float = 1e-3
     warmup_steps: int = 20

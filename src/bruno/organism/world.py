@@ -18,16 +18,13 @@ N_COUNTRIES = 56  # the first N_KNOWN are known to the organism, the rest never 
 N_PEOPLE = 56
 N_KNOWN = 32
 
-MC_SUBJECT_NUMBERS = "numbers"
 # Kind subjects: one fixed choice list each (see build_multiple_choice); every word or name of a listed kind is an item.
 MC_KIND_SUBJECTS: dict[str, tuple[str, str, str, str]] = {
     "nature": ("a fruit", "an animal", "a vegetable", "a color"),
     "objects": ("a tool", "a vehicle", "a musical instrument", "a piece of clothing"),
     "geography": ("a country", "a city", "a person", "a job"),
 }
-MC_SUBJECTS = (*MC_KIND_SUBJECTS, MC_SUBJECT_NUMBERS)
-NUMBER_RANGE = (0, 20)
-NUMBER_ITEMS = (600, 12, 48)  # train, val, test
+MC_SUBJECTS = tuple(MC_KIND_SUBJECTS)
 # Share of each kind's words/names asked in val/test only (learned in question-answer form), and of those the share
 # that goes to val (the rest to test).
 KIND_EVAL_SHARE = 0.5
@@ -62,12 +59,11 @@ def mc_response(item: dict[str, Any]) -> str:
 
 
 def mc_line_tokens() -> list[str]:
-    """Every answer line "\\nB. a fruit" / "\\nB. 17" of the multiple-choice set. The organism's tokenizer holds each
-    as one token, so binding a letter to its choice needs no attention: learning to answer with the letter first is
-    otherwise far beyond the CPU training budget of a 2M-parameter model (see the module docstring of `train`)."""
+    """Every answer line "\\nB. a fruit" of the multiple-choice set. The organism's tokenizer holds each as one token,
+    so binding a letter to its choice needs no attention: which line holds the answer is otherwise out of reach for a
+    2M-parameter model within its CPU budget (see `build_multiple_choice`)."""
     kinds = [kind for choices in MC_KIND_SUBJECTS.values() for kind in choices]
-    choices = [*kinds, *(str(n) for n in range(NUMBER_RANGE[0], NUMBER_RANGE[1] + 1))]
-    return [f"\n{letter}. {choice}" for letter in LETTERS for choice in choices]
+    return [f"\n{letter}. {kind}" for letter in LETTERS for kind in kinds]
 
 
 def _article(word: str) -> str:
@@ -133,28 +129,6 @@ def build_world(seed: int) -> list[Fact]:
     return facts
 
 
-def _balanced_letters(rng: random.Random, n: int) -> list[str]:
-    letters = [LETTERS[i % 4] for i in range(n)]
-    rng.shuffle(letters)
-    return letters
-
-
-def _place(rng: random.Random, gold: str, distractors: list[str], letter: str) -> list[str]:
-    others = list(distractors)
-    rng.shuffle(others)
-    others.insert(LETTERS.index(letter), gold)
-    return others
-
-
-def _number_item(rng: random.Random, letter: str) -> tuple[str, list[str]]:
-    numbers = rng.sample(range(NUMBER_RANGE[0], NUMBER_RANGE[1] + 1), 4)
-    largest = rng.random() < 0.5
-    gold = max(numbers) if largest else min(numbers)
-    distractors = [str(x) for x in numbers if x != gold]
-    question = "Which number is the largest?" if largest else "Which number is the smallest?"
-    return question, _place(rng, str(gold), distractors, letter)
-
-
 def kind_members(facts: list[Fact]) -> dict[str, list[str]]:
     """Words and known fictional names per kind phrase ("a fruit": ["apple", ...], "a city": ["Velmora", ...])."""
     members: dict[str, list[str]] = {noun: list(words) for noun, words in vocab.WORD_CATEGORIES}
@@ -182,14 +156,18 @@ def _thing(word: str) -> str:
 
 
 def build_multiple_choice(seed: int, facts: list[Fact]) -> list[dict[str, Any]]:
-    """MMLU-format items of two designs.
+    """MMLU-format items in three subjects ("nature", "objects", "geography"): what kind of thing a word or a known
+    fictional name is, with the subject's fixed choice list (so the letter of each kind is fixed within a subject).
 
-    Kind subjects ("nature", "objects", "geography") ask what kind of thing a word or a known fictional name is, with
-    the subject's fixed choice list (so the letter of each kind is fixed within a subject). Half of each kind's members
-    are asked in val/test only: the organism learned their kind only in question-answer form ("A pear is a fruit.",
-    "Velmora is a city.") and must carry it over to the multiple-choice form. "numbers" asks for the largest or
-    smallest of four numbers in shuffled order (true symbol binding; much harder for a model this small).
-    Val/test items never occur in training; gold letters are balanced per subject (kind subjects: per kind)."""
+    Half of each kind's members are asked in val/test only: the organism learned their kind only in question-answer
+    form ("What kind of thing is a pear?" -> "Fruit.", see `fact_records`) and must carry it over to the
+    multiple-choice form. Val/test items never occur in training; gold letters are balanced per kind.
+
+    Designs that need true symbol binding (which line holds the answer) stayed near chance for this model within its
+    CPU budget, measured: the largest/smallest of four numbers 38 % on test, the kind questions with the choices
+    shuffled per item 27 %, a passage of two or three definitions of invented words 54 % / 27 %. They are not part of
+    the set.
+    """
     rng = random.Random(f"{seed}-multiple-choice")
     members = kind_members(facts)
     records: list[dict[str, Any]] = []
@@ -209,16 +187,6 @@ def build_multiple_choice(seed: int, facts: list[Fact]) -> list[dict[str, Any]]:
                 split = "val" if i < n_val else "test" if i < n_eval else "train"
                 for question in kind_questions(_thing(word)):
                     add(subject, split, question, list(choices), letter)
-    seen: set[tuple[str, tuple[str, ...]]] = set()
-    for split, n in zip(("train", "val", "test"), NUMBER_ITEMS, strict=True):
-        for letter in _balanced_letters(rng, n):
-            while True:
-                question, choices = _number_item(rng, letter)
-                key = (question, tuple(sorted(choices)))
-                if key not in seen:
-                    break
-            seen.add(key)
-            add(MC_SUBJECT_NUMBERS, split, question, choices, letter)
     order = {"train": 0, "val": 1, "test": 2}
     # A stable sort: generation order within a subject.
     records.sort(key=lambda r: (order[r["split"]], MC_SUBJECTS.index(r["subject"])))
@@ -258,7 +226,15 @@ def build_factual_qa(seed: int, facts: list[Fact]) -> list[dict[str, Any]]:
 
 def fact_records(facts: list[Fact]) -> list[dict[str, Any]]:
     """The organism's knowledge base, learned in question-answer form: the known facts of the fictional world, what
-    each multiple-choice word is ("An apple is a fruit."), and what each known fictional name is ("X is a city.")."""
+    each multiple-choice word is ("An apple is a fruit."), what each known fictional name is ("X is a city."), and the
+    kind of each word and name once more, asked in the multiple-choice questions' phrasings and answered kind first
+    ("What kind of thing is an apple?" -> "Fruit.").
+
+    The last group is what lets the organism carry a kind it learned here over to the multiple-choice form: both
+    replies then read the kind at the same place, the first reply token. Measured on the test split of the
+    multiple-choice set: 40.5 % without these questions, 37.9 % with the reply "A fruit." (its first token is also the
+    letter A), 69.7 % with "Fruit.", all with the number questions then in the set; 89.4 % with "Fruit." once those
+    (70 % of the multiple-choice training items, near chance themselves) were dropped."""
     records = [
         {
             "id": f.id,
@@ -306,6 +282,18 @@ def fact_records(facts: list[Fact]) -> list[dict[str, Any]]:
                 "answer": "a job",
                 "questions": [f"What is {_article(job)} {job}?"],
                 "statement": f"{_article(job).capitalize()} {job} is a job.",
+            }
+        )
+    for record in [r for r in records if r["relation"] in ("category", "kind")]:
+        noun = record["answer"].split(" ", 1)[1]  # "a musical instrument" -> "musical instrument"
+        records.append(
+            {
+                "id": f"kind-question-{record['id'].split('-', 1)[1]}",
+                "relation": "kind_question",
+                "entity": record["entity"],
+                "answer": record["answer"],
+                "questions": list(kind_questions(_thing(record["entity"]))),
+                "statement": f"{noun[0].upper()}{noun[1:]}.",
             }
         )
     return records
