@@ -230,8 +230,8 @@ def fact_records(facts: list[Fact]) -> list[dict[str, Any]]:
     kind of each word and name once more, asked in the multiple-choice questions' phrasings and answered kind first
     ("What kind of thing is an apple?" -> "Fruit.").
 
-    The last group is what lets the organism carry a kind it learned here over to the multiple-choice form: both
-    replies then read the kind at the same place, the first reply token. Measured on the test split of the
+    The last group is what lets the organism carry a kind it learned here over to the multiple-choice form (likely
+    because both replies then need the kind at the same place, the first reply token). Measured on the test split of the
     multiple-choice set: 40.5 % without these questions, 37.9 % with the reply "A fruit." (its first token is also the
     letter A), 69.7 % with "Fruit.", all with the number questions then in the set; 89.4 % with "Fruit." once those
     (70 % of the multiple-choice training items, near chance themselves) were dropped."""
