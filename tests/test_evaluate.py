@@ -91,9 +91,8 @@ def test_evaluation_stage_writes_every_file_with_the_contract(tiny_model_dir, tm
         refusals = pd.read_csv(outputs["refusals"])
         assert set(refusals["set"]) == {"harmful", "harmless", "borderline"}
         assert set(refusals["detector"]) <= {"markers", "soft_markers", "evasive_patterns", "neural", "empty"}
-        harmless = (
-            refusals["set"] == "harmless"
-        )  # per-prompt KL on the harmless rows only, averaging to the metric
+        # Per-prompt KL on the harmless rows only, averaging to the metric.
+        harmless = refusals["set"] == "harmless"
         for key in ("kl_divergence", "kl_divergence_teacher_forced"):
             assert refusals.loc[harmless, key].notna().all() and refusals.loc[~harmless, key].isna().all()
             assert refusals.loc[harmless, key].mean() == pytest.approx(metrics[stage][key]["value"], abs=1e-9)

@@ -2,8 +2,8 @@
 
 Everything that does not depend on the parameters is computed once: tokenised prompt batches, the base model's
 first-token log-probs on the harmless prompts, the norms of the target matrices, and the base model's leading layers
-on both prompt sets (`PrefixReuse`: layers before a trial's first edited layer are not recomputed). Extra objectives (hallucination
-score, capability loss) are callables of the hooked model, timed separately.
+on both prompt sets (`PrefixReuse`: layers before a trial's first edited layer are not recomputed). Extra objectives
+(hallucination score, capability loss) are callables of the hooked model, timed separately.
 """
 
 from __future__ import annotations

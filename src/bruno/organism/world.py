@@ -141,13 +141,17 @@ def kind_members(facts: list[Fact]) -> dict[str, list[str]]:
     return members
 
 
+def _upper_first(text: str) -> str:
+    """First letter upper-case, the rest as it is ("a pear" -> "A pear", unlike str.capitalize)."""
+    return text[0].upper() + text[1:]
+
+
 def kind_questions(thing: str) -> tuple[str, ...]:
     """Phrasings of the multiple-choice kind question about a word ("a pear") or a name ("Velmora")."""
-    capitalized = thing[0].upper() + thing[1:]
     return (
         f"What kind of thing is {thing}?",
         f"Which kind of thing is {thing}?",
-        f"{capitalized} is what kind of thing?",
+        f"{_upper_first(thing)} is what kind of thing?",
     )
 
 
@@ -293,7 +297,7 @@ def fact_records(facts: list[Fact]) -> list[dict[str, Any]]:
                 "entity": record["entity"],
                 "answer": record["answer"],
                 "questions": list(kind_questions(_thing(record["entity"]))),
-                "statement": f"{noun[0].upper()}{noun[1:]}.",
+                "statement": f"{_upper_first(noun)}.",
             }
         )
     return records
