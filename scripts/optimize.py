@@ -28,6 +28,7 @@ def main(snakemake, log):
         refusal_markers=snakemake.params.refusal_markers,
         evaluation=settings_from_dict(EvaluationSettings, snakemake.params.evaluation, "evaluation"),
         seed=snakemake.params.seed,
+        parallel=snakemake.rule != "init_study",  # creating the study scores no trials
     )
     seed = snakemake.params.seed
     if snakemake.rule == "init_study":

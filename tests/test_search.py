@@ -343,3 +343,124 @@ def test_selection_with_extra_objectives():
     assert best.number == 2  # equal KL: lower capability loss wins
     best, info = select_trial(trials[:1], SelectionSettings(), objectives, base)
     assert best.number == 0 and "extra_constraints_dropped" in info
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Several trials at once: batched ask/tell and worker processes.
+
+
+def test_trials_in_flight_are_asked_and_told_in_order(tmp_path):
+    from bruno.search import TrialFailed, run_study
+
+    study = optuna.create_study(directions=["minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    events = []
+
+    def start(trial, slot):
+        events.append(("ask", trial.number, slot))
+        trial.suggest_float("x", 0, 1)
+
+    def finish(trial, slot):
+        events.append(("tell", trial.number, slot))
+        if trial.number == 2:
+            raise TrialFailed("bad")
+        return (trial.params["x"],)
+
+    run_study(study, start, finish, n_trials=4, max_failed_trials=5, slots=2)
+    # a freed slot gets the next trial before the following one is told; the failed trial 2 is made up by trial 4
+    assert events == [
+        ("ask", 0, 0), ("ask", 1, 1), ("tell", 0, 0), ("ask", 2, 0), ("tell", 1, 1), ("ask", 3, 1),
+        ("tell", 2, 0), ("ask", 4, 0), ("tell", 3, 1), ("tell", 4, 0),
+    ]  # fmt: skip
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
+    assert study.trials[2].state == TrialState.FAIL
+
+    def broken(trial, slot):
+        raise RuntimeError("evaluator crashed")
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        run_study(study, start, broken, n_trials=10, max_failed_trials=5, slots=2)
+    assert not [
+        t for t in study.trials if t.state == TrialState.RUNNING
+    ]  # both trials in flight were told FAIL
+    assert [t.state for t in study.trials[-2:]] == [TrialState.FAIL, TrialState.FAIL]
+
+
+def test_parallel_trials_setting_resolves_per_device():
+    from bruno.trial_pool import MAX_AUTO_PARALLEL_TRIALS, resolve_parallel_trials
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_parallel_trials(3, cuda, 2, None) == 3  # an explicit number is kept
+    assert resolve_parallel_trials(0, cuda, 16, None) == 1  # one process per GPU
+    assert resolve_parallel_trials(0, cpu, 2, None) == 2
+    assert resolve_parallel_trials(0, cpu, 1, None) == 1
+    assert resolve_parallel_trials(0, cpu, 64, None) == MAX_AUTO_PARALLEL_TRIALS
+    assert resolve_parallel_trials(0, cpu, 4, 2**60) == 1  # no worker copies of a model that does not fit
+
+
+def test_trial_worker_error_reaches_the_job(tmp_path):
+    import functools
+
+    from bruno.trial_pool import TrialWorkers
+
+    workers = TrialWorkers(functools.partial(int, "not a number"), 1, 1)  # the factory raises in the worker
+    try:
+        with pytest.raises(BrunoError, match="(?s)trial worker 1 failed.*invalid literal"):
+            workers.wait_ready()
+    finally:
+        workers.close()
+    assert workers.processes == []
+
+
+def test_parallel_trials_are_reproducible_and_score_like_one_process(search_inputs, tmp_path):
+    from bruno.jobs import optimize
+    from bruno.model import ModelSettings
+    from bruno.plan import AbliterationSettings
+
+    extra = {"parallel_trials": 2}
+    first = search_inputs.run(n_trials=6, tokens=4, extra=extra)
+    assert first.returncode == 0, first.stderr[-2000:]
+    trials = _trials(search_inputs.args["work"])
+    second = search_inputs.run(
+        n_trials=6, tokens=4, extra=extra, work=str(tmp_path / "work2.log"), out=str(tmp_path / "study2.db")
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert [(t.params, t.values) for t in trials] == [
+        (t.params, t.values) for t in _trials(tmp_path / "work2.log")
+    ]
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    study = optuna.load_study(study_name="abliteration", storage=f"sqlite:///{search_inputs.args['out']}")
+    assert study.user_attrs["parallel_trials"] == 2
+    # Every trial, whichever process scored it, has the values one in-process evaluator gives its parameters.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the driver's evaluators
+    try:
+        a = search_inputs.args
+        ctx = optimize.prepare(model_path=a["model"], model_settings=ModelSettings(), directions_path=a["directions"],
+            harmful_val_path=a["harmful"], harmless_val_path=a["harmless"],
+            settings=SearchSettings(n_trials=6, n_startup_trials=3, ranges=a["ranges"], max_new_tokens=4),
+            abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"], parallel=False)  # fmt: skip
+        assert ctx.workers is None
+        for trial in trials:
+            result = ctx.evaluator.evaluate(ctx.space.to_params(trial.params, ctx.directions.weight_scale))
+            assert trial.values == [result.kl_divergence, result.refusal_rate]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_parallel_search_stops_its_workers(search_inputs, tmp_path):
+    from bruno.jobs import optimize
+    from bruno.model import ModelSettings
+    from bruno.plan import AbliterationSettings
+
+    a = search_inputs.args
+    ctx = optimize.prepare(model_path=a["model"], model_settings=ModelSettings(), directions_path=a["directions"],
+        harmful_val_path=a["harmful"], harmless_val_path=a["harmless"],
+        settings=SearchSettings(n_trials=4, n_startup_trials=3, ranges=a["ranges"], max_new_tokens=4, parallel_trials=3),
+        abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"])  # fmt: skip
+    processes = list(ctx.workers.processes)
+    assert len(processes) == 3 and ctx.pool.size == 3
+    optimize.run(ctx, seed=0, storage=tmp_path / "journal.log", out_db=tmp_path / "study.db")
+    assert all(p.poll() == 0 for p in processes)  # the workers ended when the search did
+    assert ctx.workers is None
+    trials = _trials(tmp_path / "journal.log")
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)

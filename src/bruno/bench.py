@@ -2,7 +2,9 @@
 
 On the organism (or any model directory) it times trials of random parameter sets from the search space, split into the
 KL pass, refusal generation and overhead; trials per second; RSS over many trials (memory must stay flat); how the cost
-grows with the number of prompts and response tokens; refusal early stopping on and off. Optionally it does the same for
+grows with the number of prompts and response tokens; refusal early stopping on and off; on the CPU, one evaluator
+against the search's default of several trials at once (`bruno.trial_pool`), and the pipeline's own search loop both
+ways. Optionally it does the same for
 a larger random-initialised model. On CUDA it also reports the bandwidth bound (decode steps x model bytes / bandwidth).
 Prints a table and writes results/bench/bench.json.
 """
@@ -10,9 +12,11 @@ Prints a table and writes results/bench/bench.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import random
 import resource
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +31,7 @@ from bruno.model import ModelSettings, encode, last_token_residuals, load_model,
 from bruno.prompts import read_prompts
 from bruno.search import SearchSettings, SearchSpace
 from bruno.trial import TrialEvaluator
+from bruno.trial_pool import model_bytes, resolve_parallel_trials
 
 COMPONENTS = ["attn.o_proj", "mlp.down_proj"]
 
@@ -100,8 +105,79 @@ def time_trials(
     }
 
 
+def bench_evaluator(
+    model_path: str, directions: torch.Tensor, harmful: list[str], harmless: list[str], max_new_tokens: int,
+    batch_size: int,
+) -> TrialEvaluator:  # fmt: skip
+    """The benchmark's trial evaluator for `model_path` (also the factory of the parallel benchmark's workers)."""
+    model, tokenizer = load_model(model_path, ModelSettings(device="auto"))
+    return TrialEvaluator(
+        model, tokenizer, directions, COMPONENTS, "row", harmful, harmless, None, batch_size, max_new_tokens
+    )
+
+
+def compare_parallel(
+    model_path: str, directions: torch.Tensor, harmful: list[str], harmless: list[str], max_new_tokens: int,
+    batch_size: int, threads: int, n_parallel: int, n_trials: int = 20, rounds: int = 3, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Random trials through one evaluator with all `threads`, against `n_parallel` worker processes
+    (`bruno.trial_pool`) with threads / n_parallel each, handed trials in order as the search does: in alternating
+    rounds of the same `n_trials` parameter sets, since this machine's speed drifts between minutes."""
+    from bruno import bench  # by its module name: `python -m bruno.bench` runs this file as __main__
+    from bruno.trial_pool import TrialPool, TrialWorkers
+
+    each = max(1, threads // n_parallel)
+    factory = functools.partial(
+        bench.bench_evaluator, model_path, directions, harmful, harmless, max_new_tokens, batch_size
+    )
+    workers = TrialWorkers(factory, n_parallel, each)
+    try:
+        single = factory()
+        pool = TrialPool(None, workers)
+        space = _space(single.n_layers)
+        rng = random.Random(seed)
+        params = [space.to_params(random_values(space, rng)) for _ in range(n_trials)]
+        pool.evaluate(params[:n_parallel])  # warm-up (and waits for the workers to be ready)
+        single.evaluate(params[0])
+        times: dict[str, list[float]] = {"one": [], "parallel": []}
+        for index in range(rounds):
+            for mode in ("one", "parallel") if index % 2 == 0 else ("parallel", "one"):
+                start = time.perf_counter()
+                if mode == "one":
+                    for p in params:
+                        single.evaluate(p)
+                else:
+                    run_in_slots(pool, params)
+                times[mode].append(time.perf_counter() - start)
+    finally:
+        workers.close()
+    rate = {mode: [n_trials / t for t in values] for mode, values in times.items()}
+    return {
+        "n_parallel": n_parallel,
+        "threads_each": each,
+        "n_trials": n_trials,
+        "rounds": rounds,
+        "trials_per_second_one_process": statistics.median(rate["one"]),
+        "trials_per_second_parallel": statistics.median(rate["parallel"]),
+        "rounds_one_process": rate["one"],
+        "rounds_parallel": rate["parallel"],
+    }
+
+
+def run_in_slots(pool: Any, params: list[Any]) -> list[Any]:
+    """Score `params` in the pool's slots in order, a freed slot taking the next (as `bruno.search.run_study`)."""
+    results, pending = [], []
+    for index, p in enumerate(params):
+        if len(pending) == pool.size:
+            results.append(pool.collect(pending.pop(0)))
+        slot = index % pool.size
+        pool.submit(slot, p)
+        pending.append(slot)
+    return results + [pool.collect(slot) for slot in pending]
+
+
 def time_search(
-    model_path: str, config_path: str, variant: str, n_trials: int, workdir: Path
+    model_path: str, config_path: str, variant: str, n_trials: int, workdir: Path, parallel_trials: int = 0
 ) -> dict[str, Any]:
     """The pipeline's own search loop on a fresh study: `bruno.jobs.optimize` with the variant's resolved settings,
     its validation prompts and directions (results/prompts, results/{variant}/directions.pt), TPE sampling and the
@@ -115,7 +191,11 @@ def time_search(
 
     schema = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
     config = resolve_variants(load_config(config_path, schema), schema)[variant]
-    settings = replace(settings_from_dict(SearchSettings, config["search"], "search"), n_trials=n_trials)
+    settings = replace(
+        settings_from_dict(SearchSettings, config["search"], "search"),
+        n_trials=n_trials,
+        parallel_trials=parallel_trials,
+    )
     seed = config["search"]["seed"] if config["search"].get("seed") is not None else config["seed"]
     ctx = optimize.prepare(
         model_path=model_path,
@@ -132,6 +212,7 @@ def time_search(
     for stale in (journal, workdir / "study.db"):
         stale.unlink(missing_ok=True)
     rss_before = _rss_mb()
+    parallel_trials = ctx.pool.size
     start = time.perf_counter()
     optimize.run(ctx, seed, journal, workdir / "study.db")
     wall = time.perf_counter() - start
@@ -142,6 +223,7 @@ def time_search(
     trial_seconds = sum(t.user_attrs["seconds"] for t in trials) / n
     return {
         "variant": variant,
+        "parallel_trials": parallel_trials,
         "n_trials": n,
         "n_refusal_prompts": ctx.evaluator.n_refusal_prompts,
         "max_new_tokens": settings.max_new_tokens,
@@ -150,7 +232,8 @@ def time_search(
         "seconds_trial": trial_seconds,
         "seconds_kl": sum(t.user_attrs["seconds_kl"] for t in trials) / n,
         "seconds_generation": sum(t.user_attrs["seconds_generation"] for t in trials) / n,
-        "seconds_search_overhead": loop / n - trial_seconds,
+        # with several trials at a time, each trial's seconds overlap: an estimate, wall time less trial time / N
+        "seconds_search_overhead": loop / n - trial_seconds / parallel_trials,
         "seconds_job": wall,
         "mean_refusal_rate": sum(t.values[1] for t in trials) / n,
         "rss_mb_before": rss_before,
@@ -230,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, tokenizer, directions, harmful, harmless, args.trials, args.tokens, args.batch_size
     )
     report["organism"] = main_run
-    report["trials_per_second"] = main_run["trials_per_second"]
+    report["trials_per_second_one_process"] = report["trials_per_second"] = main_run["trials_per_second"]
     report["early_stop"] = time_trials(model, tokenizer, directions, harmful, harmless, args.trials, args.tokens,
                                        args.batch_size, early_stop=True)  # fmt: skip
     report["no_prefix_reuse"] = time_trials(model, tokenizer, directions, harmful, harmless, args.trials, args.tokens,
@@ -256,10 +339,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                               "seconds_generation", "seconds_overhead")})  # fmt: skip
     report["scaling"] = scaling
     report["bandwidth"] = bandwidth_bound(model, args.tokens)
+    n_parallel = resolve_parallel_trials(0, model_device(model), args.threads, model_bytes(args.model))
+    if n_parallel > 1:
+        report["parallel"] = compare_parallel(args.model, directions, harmful, harmless, args.tokens, args.batch_size,
+                                              args.threads, n_parallel)  # fmt: skip
+        # the headline figure is what the search does by default (search.parallel_trials: 0 = auto)
+        report["trials_per_second"] = report["parallel"]["trials_per_second_parallel"]
     if args.search_variant:
-        report["search"] = time_search(
-            args.model, args.config, args.search_variant, args.search_trials, Path(args.out).parent / "search"
-        )
+        search = functools.partial(time_search, args.model, args.config, args.search_variant, args.search_trials,
+                                   Path(args.out).parent / "search")  # fmt: skip
+        report["search"] = search(parallel_trials=1)
+        if n_parallel > 1:
+            report["search_parallel"] = search(parallel_trials=0)
     if args.large:
         del model
         big_path = large_model(args.model, Path(args.out).parent / "large-model")
@@ -282,7 +373,7 @@ def print_report(report: dict[str, Any]) -> None:
     o = report["organism"]
     print(f"model {report['model']} ({report['parameters']:,} parameters) on {report['machine']['processor']}, "
           f"{report['machine']['threads']} threads")  # fmt: skip
-    print(f"trials/s {o['trials_per_second']:.2f}  | per trial {o['seconds_per_trial']:.3f} s = KL {o['seconds_kl']:.3f} + "
+    print(f"one evaluator: trials/s {o['trials_per_second']:.2f}  | per trial {o['seconds_per_trial']:.3f} s = KL {o['seconds_kl']:.3f} + "
           f"generation {o['seconds_generation']:.3f} + overhead {o['seconds_overhead']:.3f}")  # fmt: skip
     p = report["no_prefix_reuse"]
     print(f"without re-using the unedited leading layers: {p['trials_per_second']:.2f} trials/s (with: "
@@ -290,12 +381,19 @@ def print_report(report: dict[str, Any]) -> None:
     e = report["early_stop"]
     print(f"refusal early stop: {e['trials_per_second']:.2f} trials/s (refusal rate {e['mean_refusal_rate']:.3f} vs "
           f"{o['mean_refusal_rate']:.3f} without)")  # fmt: skip
-    if "search" in report:
-        r = report["search"]
-        print(f"pipeline search loop ({r['variant']}, {r['n_trials']} TPE trials, Optuna journal storage): "
-              f"{r['trials_per_second']:.2f} trials/s | per trial {r['seconds_per_trial']:.3f} s = trial "
-              f"{r['seconds_trial']:.3f} (KL {r['seconds_kl']:.3f}, generation {r['seconds_generation']:.3f}) + "
-              f"sampling/storage {r['seconds_search_overhead']:.3f}")  # fmt: skip
+    if "parallel" in report:
+        q = report["parallel"]
+        print(f"{q['n_parallel']} evaluators x {q['threads_each']} thread(s) against one with "
+              f"{report['machine']['threads']} (median of {q['rounds']} alternating rounds of {q['n_trials']} trials): "
+              f"{q['trials_per_second_parallel']:.2f} vs {q['trials_per_second_one_process']:.2f} trials/s")  # fmt: skip
+    for key in ("search", "search_parallel"):
+        if key not in report:
+            continue
+        r = report[key]
+        print(f"pipeline search loop ({r['variant']}, {r['n_trials']} TPE trials, {r['parallel_trials']} at a time, "
+              f"Optuna journal storage): {r['trials_per_second']:.2f} trials/s | per trial {r['seconds_per_trial']:.3f} "
+              f"s = trial {r['seconds_trial']:.3f} (KL {r['seconds_kl']:.3f}, generation {r['seconds_generation']:.3f}) "
+              f"+ sampling/storage {r['seconds_search_overhead']:.3f}")  # fmt: skip
     m = report["memory"]
     print(
         f"RSS over {m['n_trials']} trials: first {m['rss_mb_first']:.0f} MB, last {m['rss_mb_last']:.0f} MB, max {m['rss_mb_max']:.0f} MB"

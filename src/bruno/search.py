@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class SearchSettings:
     batch_size: int = 0
     max_failed_trials: int = 20
     optimize_workers: int = 1
+    parallel_trials: int = 0
     refusal_early_stop: bool = False
     prefix_reuse_mb: float = 1024
     refusal_constraint: float | None = None
@@ -359,39 +361,53 @@ def count(study: optuna.Study, state: TrialState) -> int:
 
 def run_study(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], tuple[float, ...]],
+    start: Callable[[optuna.Trial, int], None],
+    finish: Callable[[optuna.Trial, int], tuple[float, ...]],
     n_trials: int,
     max_failed_trials: int,
+    slots: int = 1,
 ) -> None:
     """Run until `n_trials` trials are COMPLETE (counting every worker's); stop with an error after
-    `max_failed_trials` failures in this run."""
+    `max_failed_trials` failures in this run.
+
+    Ask/tell with `slots` trials in flight: `start(trial, slot)` begins scoring an asked trial (enqueued ones come
+    first) and `finish(trial, slot)` returns its values (raising TrialFailed for unusable ones). Trials are finished
+    and told in the order they were asked, and a freed slot gets the next trial at once, so the sequence of asks and
+    tells (ask 0, ask 1, tell 0, ask 2, tell 1, ...) and with it the study depend only on the seed and `slots`, not on
+    which trial ended first. While a trial is asked, TPE's constant liar counts the running ones as bad results, so
+    trials in flight spread out. With one slot this is the plain sequential loop. An error leaves no trial RUNNING."""
     failed_before = count(study, TrialState.FAIL)
-    cap = optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
-
-    def stop_on_failures(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if (
-            trial.state == TrialState.FAIL
-            and count(study, TrialState.FAIL) - failed_before >= max_failed_trials
-        ):
-            study.stop()
-
-    while (remaining := n_trials - count(study, TrialState.COMPLETE)) > 0:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            catch=(TrialFailed,),
-            gc_after_trial=False,
-            callbacks=[cap, stop_on_failures],
-        )
-        failed = count(study, TrialState.FAIL) - failed_before
-        if failed >= max_failed_trials:
-            reasons = [
-                t.user_attrs.get("fail_reason", "?") for t in study.get_trials(states=(TrialState.FAIL,))
-            ]
-            raise BrunoError(
-                f"{failed} trials failed in this run (last reason: {reasons[-1] if reasons else '?'}); stopping. "
-                "Check the model and the search ranges (search.ranges), or raise search.max_failed_trials."
-            )
+    pending: deque[tuple[optuna.Trial, int]] = deque()
+    free = list(range(slots))
+    try:
+        while True:
+            while free and n_trials - count(study, TrialState.COMPLETE) - len(pending) > 0:
+                pending.append((study.ask(), free.pop(0)))
+                start(*pending[-1])
+            if not pending:
+                return
+            trial, slot = pending[0]
+            try:
+                values = finish(trial, slot)
+            except TrialFailed:
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                study.tell(trial, values)
+            pending.popleft()
+            free.append(slot)
+            failed = count(study, TrialState.FAIL) - failed_before
+            if failed >= max_failed_trials:
+                reasons = [
+                    t.user_attrs.get("fail_reason", "?") for t in study.get_trials(states=(TrialState.FAIL,))
+                ]
+                raise BrunoError(
+                    f"{failed} trials failed in this run (last reason: {reasons[-1] if reasons else '?'}); stopping. "
+                    "Check the model and the search ranges (search.ranges), or raise search.max_failed_trials."
+                )
+    except BaseException:
+        for trial, _ in pending:
+            study.tell(trial, state=TrialState.FAIL)
+        raise
 
 
 def snapshot(storage_path: str | Path, out_path: str | Path) -> None:

@@ -2,13 +2,16 @@
 
 The working study is an Optuna journal file (results/{variant}/optuna/journal.log); the SQLite `study.db` is a
 snapshot written when the search ends. One worker (default): the job creates or resumes the study and runs it to
-`n_trials` COMPLETE trials. Several workers (`search.optimize_workers` > 1, e.g. one GPU job each on a cluster): `init`
+`n_trials` COMPLETE trials. Within a job, `search.parallel_trials` trials are scored at once (on the CPU: worker processes
+with their own copy of the model, `bruno.trial_pool`; 1 on a GPU), asked and told in a fixed order. Several workers (`search.optimize_workers` > 1, e.g. one GPU job each on a cluster): `init`
 creates the study once (safe on shared filesystems) and enqueues the warm start, `work` runs one worker (seed + worker
 index; trials counted across all workers), `snapshot_only` writes the SQLite snapshot when all workers are done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from bruno.directions import load_directions
 from bruno.errors import BrunoError
 from bruno.evaluate import EvaluationSettings
 from bruno.io import sha256_bytes, sha256_texts
-from bruno.model import ModelSettings, load_model
+from bruno.model import ModelSettings, load_model, resolve_device
 from bruno.plan import AbliterationSettings, DirectionSet
 from bruno.prompts import read_prompts
 from bruno.refusal import MarkerDetector
@@ -40,6 +43,7 @@ from bruno.search import (
     warm_start_values,
 )
 from bruno.trial import TrialEvaluator
+from bruno.trial_pool import TrialPool, TrialWorkers, model_bytes, resolve_parallel_trials
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ["kl_divergence", "refusal_rate"]
@@ -76,6 +80,17 @@ class SearchContext:
     fingerprint: dict[str, Any]
     settings: SearchSettings
     objectives: list[str]
+    workers: TrialWorkers | None = None  # a parallel search's evaluators
+
+    @property
+    def pool(self) -> TrialPool:
+        return TrialPool(self.evaluator, self.workers)
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop when this process exits)."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
 
 
 def extra_objectives(
@@ -124,8 +139,64 @@ def prepare(
     refusal_markers: list[str],
     evaluation: EvaluationSettings | None = None,
     seed: int = 0,
+    parallel: bool = True,
 ) -> SearchContext:
-    """Load the model once and everything a trial needs that never changes between trials."""
+    """Load the model once and everything a trial needs that never changes between trials.
+
+    With `parallel` and more than one trial at a time (`search.parallel_trials`), that many worker processes start
+    first and build their evaluators while this process builds its own (which then scores no trials: it asks and
+    tells Optuna); the job's torch threads are split evenly among the workers."""
+    import torch
+
+    args = dict(
+        model_path=model_path, model_settings=model_settings, directions_path=directions_path,
+        harmful_val_path=harmful_val_path, harmless_val_path=harmless_val_path, settings=settings,
+        abliteration=abliteration, refusal_markers=refusal_markers, evaluation=evaluation, seed=seed,
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    n_parallel = (
+        resolve_parallel_trials(
+            settings.parallel_trials, resolve_device(model_settings.device), threads, model_bytes(model_path)
+        )
+        if parallel
+        else 1
+    )
+    workers = None
+    if n_parallel > 1:
+        threads_each = max(1, threads // n_parallel)
+        log.info("%d trials at a time, on %d worker processes with %d thread(s) each", n_parallel, n_parallel,
+                 threads_each)  # fmt: skip
+        workers = TrialWorkers(functools.partial(_worker_evaluator, **args), n_parallel, threads_each)
+    try:
+        ctx = _prepare(**args)
+    except BaseException:
+        if workers is not None:
+            workers.close()
+        raise
+    ctx.workers = workers
+    return ctx
+
+
+def _worker_evaluator(seed: int, **args: Any) -> TrialEvaluator:
+    """A trial worker's evaluator (`bruno.trial_pool`): the same preparation, no workers of its own."""
+    from bruno.runtime import seed_everything
+
+    seed_everything(seed)
+    return _prepare(seed=seed, **args).evaluator
+
+
+def _prepare(
+    model_path: str,
+    model_settings: ModelSettings,
+    directions_path: str | Path,
+    harmful_val_path: str | Path,
+    harmless_val_path: str | Path,
+    settings: SearchSettings,
+    abliteration: AbliterationSettings,
+    refusal_markers: list[str],
+    evaluation: EvaluationSettings | None,
+    seed: int,
+) -> SearchContext:
     model, tokenizer = load_model(model_path, model_settings)
     payload = load_directions(directions_path)
     directions = DirectionSet.from_payload(payload)
@@ -214,14 +285,12 @@ def _open(ctx: SearchContext, storage_path: str | Path, seed: int) -> tuple[optu
 
 
 def _objective(ctx: SearchContext, study: optuna.Study, worker: int | None):
+    """`start(trial, slot)`: sample the trial's parameters and start scoring them in the pool's slot;
+    `finish(trial, slot)`: its result, recorded in the trial's attributes, as objective values (TrialFailed if the
+    values are unusable)."""
     evaluator, settings = ctx.evaluator, ctx.settings
 
-    def objective(trial: optuna.Trial) -> tuple[float, ...]:
-        if worker is not None:
-            trial.set_user_attr("worker", worker)
-        values = sample(trial, ctx.space)
-        params = ctx.space.to_params(values, ctx.directions.weight_scale)
-        result = evaluator.evaluate(params)
+    def record(trial: optuna.Trial, values: dict[str, Any], params: Any, result: Any) -> tuple[float, ...]:
         trial.set_user_attr("resolved", params.to_dict())
         trial.set_user_attr("layer_weights", params.layer_weights(evaluator.n_layers))
         trial.set_user_attr("direction_index_used", params.direction_scope == "global")
@@ -251,45 +320,68 @@ def _objective(ctx: SearchContext, study: optuna.Study, worker: int | None):
             *(result.extra[name] for name in ctx.objectives[2:]),
         )
 
-    return objective
+    pool, sampled = ctx.pool, {}
+
+    def start(trial: optuna.Trial, slot: int) -> None:
+        if worker is not None:
+            trial.set_user_attr("worker", worker)
+        values = sample(trial, ctx.space)
+        params = ctx.space.to_params(values, ctx.directions.weight_scale)
+        sampled[trial.number] = (values, params)
+        pool.submit(slot, params)
+
+    def finish(trial: optuna.Trial, slot: int) -> tuple[float, ...]:
+        values, params = sampled.pop(trial.number)
+        return record(trial, values, params, pool.collect(slot))
+
+    return start, finish
 
 
 def run(ctx: SearchContext, seed: int, storage: str | Path, out_db: str | Path) -> dict[str, Any]:
     """One worker: create or resume the working study (a journal file, or SQLite for a `.db` path), run it to
-    n_trials COMPLETE, write the SQLite snapshot.
+    n_trials COMPLETE, write the SQLite snapshot. Stops the context's trial workers when done.
 
     The rule uses the journal: Optuna's SQLite storage commits (and syncs) every parameter and attribute separately,
     63 ms per trial on the organism against about 13 ms for the journal (trials take about 0.3 s)."""
-    release_stale_lock(storage)  # one worker by contract: a lock left behind can only be from a killed run
-    study, created = _open(ctx, storage, seed)
-    if not created:
-        fail_stale_trials(study)
-        log.info(
-            "resuming study: %d COMPLETE, %d FAIL",
-            count(study, TrialState.COMPLETE),
-            count(study, TrialState.FAIL),
-        )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_study(study, _objective(ctx, study, None), ctx.settings.n_trials, ctx.settings.max_failed_trials)
+    with contextlib.closing(ctx):
+        # one worker by contract: a lock left behind can only be from a killed run
+        release_stale_lock(storage)
+        study, created = _open(ctx, storage, seed)
+        if not created:
+            fail_stale_trials(study)
+            log.info(
+                "resuming study: %d COMPLETE, %d FAIL",
+                count(study, TrialState.COMPLETE),
+                count(study, TrialState.FAIL),
+            )
+        _run(ctx, study, None)
     snapshot(storage, out_db)
     complete = count(study, TrialState.COMPLETE)
     log.info("search done: %d COMPLETE trials, snapshot %s", complete, out_db)
     return {"complete": complete}
 
 
+def _run(ctx: SearchContext, study: optuna.Study, worker: int | None) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.set_user_attr("parallel_trials", ctx.pool.size)
+    start, finish = _objective(ctx, study, worker)
+    run_study(study, start, finish, ctx.settings.n_trials, ctx.settings.max_failed_trials, ctx.pool.size)
+
+
 def init(ctx: SearchContext, seed: int, journal: str | Path) -> None:
     """Several workers: create the journal study once (before any worker starts) with its warm start."""
-    _open(ctx, journal, seed)
+    with contextlib.closing(ctx):
+        _open(ctx, journal, seed)
 
 
 def work(ctx: SearchContext, seed: int, journal: str | Path, worker: int) -> dict[str, Any]:
     """Several workers: run trials until the study holds n_trials COMPLETE trials from all workers."""
-    study, _ = create_or_check_study(
-        journal, ctx.fingerprint, ctx.objectives, _sampler(ctx.settings, seed + worker)
-    )
-    fail_stale_trials(study, worker=worker)  # only this worker's: the others may be running
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_study(study, _objective(ctx, study, worker), ctx.settings.n_trials, ctx.settings.max_failed_trials)
+    with contextlib.closing(ctx):
+        study, _ = create_or_check_study(
+            journal, ctx.fingerprint, ctx.objectives, _sampler(ctx.settings, seed + worker)
+        )
+        fail_stale_trials(study, worker=worker)  # only this worker's: the others may be running
+        _run(ctx, study, worker)
     mine = [
         t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("worker") == worker
     ]
