@@ -439,7 +439,7 @@ def test_parallel_trials_are_reproducible_and_score_like_one_process(search_inpu
             harmful_val_path=a["harmful"], harmless_val_path=a["harmless"],
             settings=SearchSettings(n_trials=6, n_startup_trials=3, ranges=a["ranges"], max_new_tokens=4),
             abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"], parallel=False)  # fmt: skip
-        assert ctx.workers is None
+        assert ctx.pool.workers is None
         for trial in trials:
             result = ctx.evaluator.evaluate(ctx.space.to_params(trial.params, ctx.directions.weight_scale))
             assert trial.values == [result.kl_divergence, result.refusal_rate]
@@ -457,10 +457,10 @@ def test_parallel_search_stops_its_workers(search_inputs, tmp_path):
         harmful_val_path=a["harmful"], harmless_val_path=a["harmless"],
         settings=SearchSettings(n_trials=4, n_startup_trials=3, ranges=a["ranges"], max_new_tokens=4, parallel_trials=3),
         abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"])  # fmt: skip
-    processes = list(ctx.workers.processes)
+    processes = list(ctx.pool.workers.processes)
     assert len(processes) == 3 and ctx.pool.size == 3
     optimize.run(ctx, seed=0, storage=tmp_path / "journal.log", out_db=tmp_path / "study.db")
     assert all(p.poll() == 0 for p in processes)  # the workers ended when the search did
-    assert ctx.workers is None
+    assert ctx.pool.workers is None
     trials = _trials(tmp_path / "journal.log")
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)

@@ -182,6 +182,13 @@ class TrialPool:
             self.submit(slot, params)
         return [self.collect(slot) for slot in range(len(batch))]
 
+    def close(self) -> None:
+        """Stop the workers; the pool is then this process's evaluator alone (if it has one)."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
+            self._pending.clear()
+
 
 def _fileno_or_none(stream: Any) -> int | None:
     try:

@@ -2,9 +2,9 @@
 
 The working study is an Optuna journal file (results/{variant}/optuna/journal.log); the SQLite `study.db` is a
 snapshot written when the search ends. One worker (default): the job creates or resumes the study and runs it to
-`n_trials` COMPLETE trials. Within a job, `search.parallel_trials` trials are scored at once (on the CPU: worker processes
-with their own copy of the model, `bruno.trial_pool`; 1 on a GPU), asked and told in a fixed order. Several workers (`search.optimize_workers` > 1, e.g. one GPU job each on a cluster): `init`
-creates the study once (safe on shared filesystems) and enqueues the warm start, `work` runs one worker (seed + worker
+`n_trials` COMPLETE trials. Within a job, `search.parallel_trials` trials are scored at once (on the CPU: trial worker
+processes with their own copy of the model, `bruno.trial_pool`; 1 on a GPU), asked and told in a fixed order. Several
+search workers (`search.optimize_workers` > 1, jobs, e.g. one GPU job each on a cluster): `init` creates the study once (safe on shared filesystems) and enqueues the warm start, `work` runs one worker (seed + worker
 index; trials counted across all workers), `snapshot_only` writes the SQLite snapshot when all workers are done.
 """
 
@@ -80,17 +80,11 @@ class SearchContext:
     fingerprint: dict[str, Any]
     settings: SearchSettings
     objectives: list[str]
-    workers: TrialWorkers | None = None  # a parallel search's evaluators
-
-    @property
-    def pool(self) -> TrialPool:
-        return TrialPool(self.evaluator, self.workers)
+    pool: TrialPool  # this process's evaluator, or trial worker processes for several trials at a time
 
     def close(self) -> None:
-        """Stop the worker processes (they also stop when this process exits)."""
-        if self.workers is not None:
-            self.workers.close()
-            self.workers = None
+        """Stop the trial worker processes (they also stop when this process exits)."""
+        self.pool.close()
 
 
 def extra_objectives(
@@ -173,7 +167,8 @@ def prepare(
         if workers is not None:
             workers.close()
         raise
-    ctx.workers = workers
+    if workers is not None:
+        ctx.pool = TrialPool(ctx.evaluator, workers)
     return ctx
 
 
@@ -259,7 +254,9 @@ def _prepare(
         "refusal_markers": sha256_texts(refusal_markers),
         "refusal_constraint": settings.refusal_constraint,
     }
-    return SearchContext(evaluator, directions, space, fingerprint, settings, objectives)
+    return SearchContext(
+        evaluator, directions, space, fingerprint, settings, objectives, TrialPool(evaluator)
+    )
 
 
 def _sampler(settings: SearchSettings, seed: int) -> optuna.samplers.TPESampler:
