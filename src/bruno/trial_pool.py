@@ -1,4 +1,4 @@
-"""Several trials at once on the CPU: this process's trial evaluator plus worker processes, each with its own model.
+"""Several trials at once on the CPU: trial worker processes, each with its own copy of the model and its own evaluator.
 
 On a CPU, one process with T threads uses them poorly for a small model: a decoding step is a chain of small operations
 and Python between them, and most of them run on one thread. Splitting the threads among processes that each evaluate
