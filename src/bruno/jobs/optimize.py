@@ -142,11 +142,6 @@ def prepare(
     tells Optuna); the job's torch threads are split evenly among the workers."""
     import torch
 
-    args = dict(
-        model_path=model_path, model_settings=model_settings, directions_path=directions_path,
-        harmful_val_path=harmful_val_path, harmless_val_path=harmless_val_path, settings=settings,
-        abliteration=abliteration, refusal_markers=refusal_markers, evaluation=evaluation, seed=seed,
-    )  # fmt: skip
     threads = torch.get_num_threads()
     n_parallel = (
         resolve_parallel_trials(
@@ -160,16 +155,83 @@ def prepare(
         threads_each = max(1, threads // n_parallel)
         log.info("%d trials at a time, on %d worker processes with %d thread(s) each", n_parallel, n_parallel,
                  threads_each)  # fmt: skip
-        workers = TrialWorkers(functools.partial(_worker_evaluator, **args), n_parallel, threads_each)
-    try:
-        ctx = _prepare(**args)
-    except BaseException:
+        factory = functools.partial(
+            _worker_evaluator, model_path=model_path, model_settings=model_settings, directions_path=directions_path,
+            harmful_val_path=harmful_val_path, harmless_val_path=harmless_val_path, settings=settings,
+            abliteration=abliteration, refusal_markers=refusal_markers, evaluation=evaluation, seed=seed,
+        )  # fmt: skip
+        workers = TrialWorkers(factory, n_parallel, threads_each)
+    with contextlib.ExitStack() as on_error:  # the workers stop if this preparation fails
         if workers is not None:
-            workers.close()
-        raise
-    if workers is not None:
-        ctx.pool = TrialPool(ctx.evaluator, workers)
-    return ctx
+            on_error.callback(workers.close)
+        model, tokenizer = load_model(model_path, model_settings)
+        payload = load_directions(directions_path)
+        directions = DirectionSet.from_payload(payload)
+        refusal_prompts = [p.text for p in read_prompts(harmful_val_path)][: settings.n_refusal_prompts]
+        kl_prompts = [p.text for p in read_prompts(harmless_val_path)][: settings.n_kl_prompts]
+        batch_size = resolve_batch_size(
+            settings.batch_size,
+            model,
+            tokenizer,
+            refusal_prompts,
+            model_settings.system_prompt,
+            settings.max_new_tokens,
+        )
+        evaluator = TrialEvaluator(
+            model,
+            tokenizer,
+            directions,
+            abliteration.components,
+            abliteration.norm_preservation,
+            refusal_prompts,
+            kl_prompts,
+            model_settings.system_prompt,
+            batch_size,
+            settings.max_new_tokens,
+            MarkerDetector(refusal_markers),
+            biprojected=abliteration.biprojected,
+            refusal_early_stop=settings.refusal_early_stop,
+            prefix_reuse_mb=settings.prefix_reuse_mb,
+            extra_objectives=extra_objectives(
+                settings, evaluation, tokenizer, model_settings.system_prompt, seed
+            ),
+        )
+        objectives = OBJECTIVES + [name for name in EXTRA_OBJECTIVES if name in evaluator.extra_objectives]
+        space = SearchSpace.resolve(settings, evaluator.n_layers, abliteration.components)
+        for name, dist in space.distributions().items():
+            if hasattr(dist, "low") and dist.low > dist.high:
+                raise BrunoError(
+                    f"config key 'search' ({name}): range lower bound {dist.low} exceeds upper bound {dist.high}."
+                )
+        fingerprint = {
+            "search_space": space.describe(),
+            "objectives": objectives,
+            "extra_objective_settings": {
+                "hallucination": [settings.hallucination_check_n_questions, settings.hallucination_n_samples]
+                if "hallucination_score" in objectives
+                else None,
+                "capability": settings.capability_check_n_questions
+                if "capability_loss" in objectives
+                else None,
+            },
+            "directions": _tensor_hash(payload),
+            "model": model_path,
+            "refusal_prompts": sha256_texts(refusal_prompts),
+            "kl_prompts": sha256_texts(kl_prompts),
+            "system_prompt": model_settings.system_prompt or "",
+            "max_new_tokens": settings.max_new_tokens,
+            "abliteration": {
+                "components": abliteration.components,
+                "norm_preservation": abliteration.norm_preservation,
+                "biprojected": abliteration.biprojected,
+            },  # fmt: skip
+            "refusal_markers": sha256_texts(refusal_markers),
+            "refusal_constraint": settings.refusal_constraint,
+        }
+        on_error.pop_all()
+    return SearchContext(
+        evaluator, directions, space, fingerprint, settings, objectives, TrialPool(evaluator, workers)
+    )
 
 
 def _worker_evaluator(seed: int, **args: Any) -> TrialEvaluator:
@@ -177,86 +239,7 @@ def _worker_evaluator(seed: int, **args: Any) -> TrialEvaluator:
     from bruno.runtime import seed_everything
 
     seed_everything(seed)
-    return _prepare(seed=seed, **args).evaluator
-
-
-def _prepare(
-    model_path: str,
-    model_settings: ModelSettings,
-    directions_path: str | Path,
-    harmful_val_path: str | Path,
-    harmless_val_path: str | Path,
-    settings: SearchSettings,
-    abliteration: AbliterationSettings,
-    refusal_markers: list[str],
-    evaluation: EvaluationSettings | None,
-    seed: int,
-) -> SearchContext:
-    model, tokenizer = load_model(model_path, model_settings)
-    payload = load_directions(directions_path)
-    directions = DirectionSet.from_payload(payload)
-    refusal_prompts = [p.text for p in read_prompts(harmful_val_path)][: settings.n_refusal_prompts]
-    kl_prompts = [p.text for p in read_prompts(harmless_val_path)][: settings.n_kl_prompts]
-    batch_size = resolve_batch_size(
-        settings.batch_size,
-        model,
-        tokenizer,
-        refusal_prompts,
-        model_settings.system_prompt,
-        settings.max_new_tokens,
-    )
-    evaluator = TrialEvaluator(
-        model,
-        tokenizer,
-        directions,
-        abliteration.components,
-        abliteration.norm_preservation,
-        refusal_prompts,
-        kl_prompts,
-        model_settings.system_prompt,
-        batch_size,
-        settings.max_new_tokens,
-        MarkerDetector(refusal_markers),
-        biprojected=abliteration.biprojected,
-        refusal_early_stop=settings.refusal_early_stop,
-        prefix_reuse_mb=settings.prefix_reuse_mb,
-        extra_objectives=extra_objectives(
-            settings, evaluation, tokenizer, model_settings.system_prompt, seed
-        ),
-    )
-    objectives = OBJECTIVES + [name for name in EXTRA_OBJECTIVES if name in evaluator.extra_objectives]
-    space = SearchSpace.resolve(settings, evaluator.n_layers, abliteration.components)
-    for name, dist in space.distributions().items():
-        if hasattr(dist, "low") and dist.low > dist.high:
-            raise BrunoError(
-                f"config key 'search' ({name}): range lower bound {dist.low} exceeds upper bound {dist.high}."
-            )
-    fingerprint = {
-        "search_space": space.describe(),
-        "objectives": objectives,
-        "extra_objective_settings": {
-            "hallucination": [settings.hallucination_check_n_questions, settings.hallucination_n_samples]
-            if "hallucination_score" in objectives
-            else None,
-            "capability": settings.capability_check_n_questions if "capability_loss" in objectives else None,
-        },
-        "directions": _tensor_hash(payload),
-        "model": model_path,
-        "refusal_prompts": sha256_texts(refusal_prompts),
-        "kl_prompts": sha256_texts(kl_prompts),
-        "system_prompt": model_settings.system_prompt or "",
-        "max_new_tokens": settings.max_new_tokens,
-        "abliteration": {
-            "components": abliteration.components,
-            "norm_preservation": abliteration.norm_preservation,
-            "biprojected": abliteration.biprojected,
-        },  # fmt: skip
-        "refusal_markers": sha256_texts(refusal_markers),
-        "refusal_constraint": settings.refusal_constraint,
-    }
-    return SearchContext(
-        evaluator, directions, space, fingerprint, settings, objectives, TrialPool(evaluator)
-    )
+    return prepare(seed=seed, parallel=False, **args).evaluator
 
 
 def _sampler(settings: SearchSettings, seed: int) -> optuna.samplers.TPESampler:
