@@ -4,8 +4,9 @@ The working study is an Optuna journal file (results/{variant}/optuna/journal.lo
 snapshot written when the search ends. One worker (default): the job creates or resumes the study and runs it to
 `n_trials` COMPLETE trials. Within a job, `search.parallel_trials` trials are scored at once (on the CPU: trial worker
 processes with their own copy of the model, `bruno.trial_pool`; 1 on a GPU), asked and told in a fixed order. Several
-search workers (`search.optimize_workers` > 1, jobs, e.g. one GPU job each on a cluster): `init` creates the study once (safe on shared filesystems) and enqueues the warm start, `work` runs one worker (seed + worker
-index; trials counted across all workers), `snapshot_only` writes the SQLite snapshot when all workers are done.
+search workers (`search.optimize_workers` > 1, jobs, e.g. one GPU job each on a cluster): `init` creates the study
+once (safe on shared filesystems) and enqueues the warm start, `work` runs one worker (seed + worker index; trials
+counted across all workers), `snapshot_only` writes the SQLite snapshot when all workers are done.
 """
 
 from __future__ import annotations
