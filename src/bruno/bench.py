@@ -4,8 +4,9 @@ On the organism (or any model directory) it times trials of random parameter set
 KL pass, refusal generation and overhead; trials per second; RSS over many trials (memory must stay flat); how the cost
 grows with the number of prompts and response tokens; refusal early stopping on and off; on the CPU, one evaluator
 against the search's default of several trials at once (`bruno.trial_pool`), and the pipeline's own search loop both
-ways. Optionally it does the same for
-a larger random-initialised model. On CUDA it also reports the bandwidth bound (decode steps x model bytes / bandwidth).
+ways. Optionally it times a larger random-initialised model too. On any device it measures the memory bandwidth and
+the matrix-product rate and sets each trial's time against the bounds they give (`bruno.roofline`: every weight read
+at full bandwidth, and the per-layer roofline).
 Prints a table and writes results/bench/bench.json.
 """
 
@@ -29,6 +30,7 @@ from bruno.directions import mean_difference
 from bruno.io import atomic_write_json
 from bruno.model import ModelSettings, encode, last_token_residuals, load_model, model_device
 from bruno.prompts import read_prompts
+from bruno.roofline import DevicePeaks, counting, measure_peaks
 from bruno.search import SearchSettings, SearchSpace
 from bruno.trial import TrialEvaluator
 from bruno.trial_pool import model_bytes, resolve_parallel_trials
@@ -38,6 +40,10 @@ COMPONENTS = ["attn.o_proj", "mlp.down_proj"]
 
 def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _directions(model: Any, tokenizer: Any, harmful: list[str], harmless: list[str]) -> torch.Tensor:
@@ -66,8 +72,10 @@ def random_values(space: SearchSpace, rng: random.Random) -> dict[str, Any]:
 def time_trials(
     model: Any, tokenizer: Any, directions: torch.Tensor, harmful: list[str], harmless: list[str],
     n_trials: int, max_new_tokens: int, batch_size: int, early_stop: bool = False, seed: int = 0,
-    prefix_reuse_mb: float = 1024,
+    prefix_reuse_mb: float = 1024, peaks: DevicePeaks | None = None, work_trials: int = 8,
 ) -> dict[str, Any]:  # fmt: skip
+    """Random trials through one evaluator, timed; with `peaks`, the first `work_trials` of them run again with
+    their linear-layer work counted (`bruno.roofline`), for the bounds and the measured time's ratio to them."""
     evaluator = TrialEvaluator(
         model, tokenizer, directions, COMPONENTS, "row", harmful, harmless, None, batch_size, max_new_tokens,
         refusal_early_stop=early_stop, prefix_reuse_mb=prefix_reuse_mb,
@@ -75,18 +83,20 @@ def time_trials(
     space = _space(evaluator.n_layers)
     rng = random.Random(seed)
     evaluator.evaluate(space.to_params(space.full_strength()))  # warm-up
+    params = [space.to_params(random_values(space, rng)) for _ in range(n_trials)]
     rows, rss = [], []
     start = time.perf_counter()
-    for _ in range(n_trials):
-        result = evaluator.evaluate(space.to_params(random_values(space, rng)))
-        rows.append(result)
+    for p in params:
+        rows.append(evaluator.evaluate(p))
         rss.append(_rss_mb())
     wall = time.perf_counter() - start
     n = len(rows)
     kl = sum(r.seconds_kl for r in rows) / n
     gen = sum(r.seconds_generation for r in rows) / n
     total = sum(r.seconds for r in rows) / n
+    limits = {} if peaks is None else work_bounds(evaluator, params[:work_trials], rows[:work_trials], peaks)
     return {
+        **limits,
         "n_trials": n,
         "n_refusal_prompts": len(harmful),
         "n_kl_prompts": len(harmless),
@@ -213,7 +223,12 @@ def time_search(
         stale.unlink(missing_ok=True)
     rss_before = _rss_mb()
     parallel_trials = ctx.pool.size
+    # Worker start-up is not trial throughput: the loop's clock starts when the workers are ready. (In a warm bench
+    # process this process prepares faster than fresh workers, and the first trial waited 1-2 s for them.)
     start = time.perf_counter()
+    if ctx.pool.workers is not None:
+        ctx.pool.workers.wait_ready()
+    seconds_workers_ready = time.perf_counter() - start
     optimize.run(ctx, seed, journal, workdir / "study.db")
     wall = time.perf_counter() - start
     trials = optuna.load_study(study_name="abliteration", storage=f"sqlite:///{workdir / 'study.db'}").trials
@@ -235,21 +250,39 @@ def time_search(
         # with several trials at a time, each trial's seconds overlap: an estimate, wall time less trial time / N
         "seconds_search_overhead": loop / n - trial_seconds / parallel_trials,
         "seconds_job": wall,
+        "seconds_waiting_for_workers": seconds_workers_ready,
         "mean_refusal_rate": sum(t.values[1] for t in trials) / n,
         "rss_mb_before": rss_before,
         "rss_mb_after": _rss_mb(),
     }
 
 
-def bandwidth_bound(model: Any, steps: int) -> dict[str, Any] | None:
-    """Lower bound on decode time on CUDA: each decode step reads every weight once."""
-    if not torch.cuda.is_available() or model_device(model).type != "cuda":
-        return None
-    props = torch.cuda.get_device_properties(0)
-    bytes_total = sum(p.numel() * p.element_size() for p in model.parameters())
-    bandwidth = getattr(props, "memory_bandwidth", None)  # not exposed by every torch build
-    return {"device": props.name, "model_bytes": bytes_total, "decode_steps": steps, "bandwidth_bytes_per_s": bandwidth,
-            "bound_seconds": steps * bytes_total / bandwidth if bandwidth else None}  # fmt: skip
+def work_bounds(
+    evaluator: TrialEvaluator, params: list[Any], timed: list[Any], peaks: DevicePeaks
+) -> dict[str, Any]:
+    """Run `params` again with their work counted; per trial (means): weight bytes read, operations, the bandwidth
+    and roofline bounds at `peaks`, and the ratio of the `timed` results' seconds to each bound."""
+    bounds, weight_bytes, flops = [], 0, 0
+    for p in params:
+        with counting(evaluator.model) as counter:
+            evaluator.evaluate(p)
+        bounds.append(counter.bounds(peaks))
+        weight_bytes += counter.weight_bytes
+        flops += counter.flops
+    n = len(params)
+    measured = sum(r.seconds for r in timed)
+    bandwidth = sum(b["bandwidth_bound_seconds"] for b in bounds)
+    roofline = sum(b["roofline_bound_seconds"] for b in bounds)
+    return {
+        "work_trials": n,
+        "weight_gb_read_per_trial": weight_bytes / n / 1e9,
+        "gflop_per_trial": flops / n / 1e9,
+        "bandwidth_bound_seconds": bandwidth / n,
+        "compute_bound_seconds": sum(b["compute_bound_seconds"] for b in bounds) / n,
+        "roofline_bound_seconds": roofline / n,
+        "ratio_to_bandwidth_bound": measured / bandwidth,
+        "ratio_to_roofline_bound": measured / roofline,
+    }
 
 
 def large_model(tokenizer_source: str, path: Path, hidden: int = 1024, layers: int = 24) -> Path:
@@ -283,6 +316,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--large", action="store_true", help="also time a random-initialised ~300M-parameter model"
     )
+    parser.add_argument("--large-trials", type=int, default=3)
+    parser.add_argument(
+        "--large-prompts", type=int, default=100, help="refusal and KL prompts of the large model"
+    )
     parser.add_argument("--config", default="config/config.yaml")
     parser.add_argument(
         "--search-variant",
@@ -298,6 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     harmful = [p.text for p in read_prompts_any(args.harmful, "val")][:100]
     harmless = [p.text for p in read_prompts_any(args.harmless, "val")][:100]
     directions = _directions(model, tokenizer, harmful, harmless)
+    peaks = measure_peaks(model_device(model), next(model.parameters()).dtype)
     report: dict[str, Any] = {
         "machine": {
             "platform": platform.platform(),
@@ -309,9 +347,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },  # fmt: skip
         "model": args.model,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "peaks": peaks.as_dict(),
     }
     main_run = time_trials(
-        model, tokenizer, directions, harmful, harmless, args.trials, args.tokens, args.batch_size
+        model,
+        tokenizer,
+        directions,
+        harmful,
+        harmless,
+        args.trials,
+        args.tokens,
+        args.batch_size,
+        peaks=peaks,
     )
     report["organism"] = main_run
     report["trials_per_second_one_process"] = report["trials_per_second"] = main_run["trials_per_second"]
@@ -339,13 +386,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             scaling.append({k: r[k] for k in ("n_refusal_prompts", "max_new_tokens", "seconds_per_trial", "seconds_kl",
                                               "seconds_generation", "seconds_overhead")})  # fmt: skip
     report["scaling"] = scaling
-    report["bandwidth"] = bandwidth_bound(model, args.tokens)
     n_parallel = resolve_parallel_trials(0, model_device(model), args.threads, model_bytes(args.model))
     if n_parallel > 1:
         report["parallel"] = compare_parallel(args.model, directions, harmful, harmless, args.tokens, args.batch_size,
                                               args.threads, n_parallel)  # fmt: skip
         # the headline figure is what the search does by default (search.parallel_trials: 0 = auto)
         report["trials_per_second"] = report["parallel"]["trials_per_second_parallel"]
+        # the machine's time per trial against the main run's mean bound (the same first random parameter sets)
+        report["parallel"]["ratio_to_roofline_bound"] = 1 / (
+            report["trials_per_second"] * main_run["roofline_bound_seconds"]
+        )
     if args.search_variant:
         search = functools.partial(time_search, args.model, args.config, args.search_variant, args.search_trials,
                                    Path(args.out).parent / "search")  # fmt: skip
@@ -358,18 +408,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for key, results in runs.items():
             ranked = sorted(results, key=lambda r: r["trials_per_second"])
             report[key] = {**ranked[len(ranked) // 2], "rounds": [r["trials_per_second"] for r in results]}
+    report["peak_rss_mb"] = _peak_rss_mb()
     if args.large:
         del model
         big_path = large_model(args.model, Path(args.out).parent / "large-model")
         big, big_tok = load_model(big_path, ModelSettings(device="auto"))
-        big_dirs = _directions(big, big_tok, harmful[:16], harmless[:16])
-        big_run = time_trials(big, big_tok, big_dirs, harmful[:16], harmless[:16], 2, 8, 16)
+        n = args.large_prompts
+        big_dirs = _directions(big, big_tok, harmful[:n], harmless[:n])
+        big_run = time_trials(big, big_tok, big_dirs, harmful[:n], harmless[:n], args.large_trials, args.tokens,
+                              args.batch_size, peaks=peaks, work_trials=args.large_trials)  # fmt: skip
         report["large"] = {"parameters": sum(p.numel() for p in big.parameters()), **big_run,
-                           "bandwidth": bandwidth_bound(big, 8)}  # fmt: skip
-    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                           "peak_rss_mb": _peak_rss_mb()}  # fmt: skip
     atomic_write_json(args.out, report)
     print_report(report)
     return report
+
+
+def _limits_line(name: str, r: dict[str, Any]) -> str:
+    return (f"{name}, per trial: {r['weight_gb_read_per_trial']:.3f} GB of weights read, {r['gflop_per_trial']:.1f} GFLOP; "
+            f"bounds {r['bandwidth_bound_seconds']:.4f} s (bandwidth), {r['roofline_bound_seconds']:.4f} s (roofline); "
+            f"measured {r['ratio_to_bandwidth_bound']:.1f}x / {r['ratio_to_roofline_bound']:.1f}x them")  # fmt: skip
 
 
 def read_prompts_any(path: str, split: str) -> list[Any]:
@@ -380,8 +438,13 @@ def print_report(report: dict[str, Any]) -> None:
     o = report["organism"]
     print(f"model {report['model']} ({report['parameters']:,} parameters) on {report['machine']['processor']}, "
           f"{report['machine']['threads']} threads")  # fmt: skip
-    print(f"one evaluator: trials/s {o['trials_per_second']:.2f}  | per trial {o['seconds_per_trial']:.3f} s = KL {o['seconds_kl']:.3f} + "
-          f"generation {o['seconds_generation']:.3f} + overhead {o['seconds_overhead']:.3f}")  # fmt: skip
+    print(f"one evaluator: trials/s {o['trials_per_second']:.2f} ({60 * o['trials_per_second']:.0f} per minute) | per "
+          f"trial {o['seconds_per_trial']:.3f} s = KL {o['seconds_kl']:.3f} + generation {o['seconds_generation']:.3f} + "
+          f"overhead {o['seconds_overhead']:.3f}")  # fmt: skip
+    k = report["peaks"]
+    print(f"{k['device']} ({k['dtype']}): measured {k['bandwidth_gb_per_s']:.1f} GB/s copy bandwidth, "
+          f"{k['gflops_per_s']:.1f} GFLOP/s matrix products")  # fmt: skip
+    print(_limits_line("one evaluator", o))
     p = report["no_prefix_reuse"]
     print(f"without re-using the unedited leading layers: {p['trials_per_second']:.2f} trials/s (with: "
           f"{o['prefix_layers_kept']} layers kept)")  # fmt: skip
@@ -392,7 +455,8 @@ def print_report(report: dict[str, Any]) -> None:
         q = report["parallel"]
         print(f"{q['n_parallel']} evaluators x {q['threads_each']} thread(s) against one with "
               f"{report['machine']['threads']} (median of {q['rounds']} alternating rounds of {q['n_trials']} trials): "
-              f"{q['trials_per_second_parallel']:.2f} vs {q['trials_per_second_one_process']:.2f} trials/s")  # fmt: skip
+              f"{q['trials_per_second_parallel']:.2f} vs {q['trials_per_second_one_process']:.2f} trials/s; "
+              f"{q['ratio_to_roofline_bound']:.1f}x the roofline bound")  # fmt: skip
     for key in ("search", "search_parallel"):
         if key not in report:
             continue
@@ -400,16 +464,20 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"pipeline search loop ({r['variant']}, {r['n_trials']} TPE trials, {r['parallel_trials']} at a time, "
               f"Optuna journal storage; median of {len(r['rounds'])} rounds): {r['trials_per_second']:.2f} trials/s | "
               f"per trial {r['seconds_per_trial']:.3f} s = trial {r['seconds_trial']:.3f} (KL {r['seconds_kl']:.3f}, "
-              f"generation {r['seconds_generation']:.3f}) + sampling/storage {r['seconds_search_overhead']:.3f}")  # fmt: skip
+              f"generation {r['seconds_generation']:.3f}) + sampling/storage {r['seconds_search_overhead']:.3f}; "
+              f"workers ready after {r['seconds_waiting_for_workers']:.1f} s, not counted")  # fmt: skip
     m = report["memory"]
     print(
-        f"RSS over {m['n_trials']} trials: first {m['rss_mb_first']:.0f} MB, last {m['rss_mb_last']:.0f} MB, max {m['rss_mb_max']:.0f} MB"
+        f"RSS over {m['n_trials']} trials: first {m['rss_mb_first']:.0f} MiB, last {m['rss_mb_last']:.0f} MiB, max "
+        f"{m['rss_mb_max']:.0f} MiB; peak RSS of the process {report['peak_rss_mb']:.0f} MiB"
     )
     if "large" in report:
         g = report["large"]
-        print(
-            f"large random model ({g['parameters']:,} parameters, 16 prompts, 8 tokens): {g['seconds_per_trial']:.2f} s/trial"
-        )
+        print(f"large random model ({g['parameters']:,} parameters, {g['n_refusal_prompts']} prompts, "
+              f"{g['max_new_tokens']} tokens, {g['n_trials']} trials): {g['seconds_per_trial']:.2f} s/trial = KL "
+              f"{g['seconds_kl']:.2f} + generation {g['seconds_generation']:.2f} + overhead {g['seconds_overhead']:.2f} "
+              f"({60 * g['trials_per_second']:.1f} trials per minute), peak RSS {g['peak_rss_mb']:.0f} MiB")  # fmt: skip
+        print(_limits_line("large random model", g))
     print("prompts tokens  s/trial   KL      gen     overhead")
     for r in report["scaling"]:
         print(f"{r['n_refusal_prompts']:7d} {r['max_new_tokens']:6d}  {r['seconds_per_trial']:.3f}   {r['seconds_kl']:.3f}   "
