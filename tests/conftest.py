@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import procs
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,3 +80,10 @@ def build_tiny_model(
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(autouse=True)
+def kill_leftover_subprocesses():
+    """Whatever a test started through `procs` and left running is killed with its whole process group."""
+    yield
+    procs.kill_leftovers()

@@ -6,10 +6,10 @@ Snakemake checks none of this: a `conda:` file that is missing passes dry runs, 
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import yaml
 from workflow_rules import REPO, parse_rules
@@ -72,12 +72,10 @@ ACTION_RULES = {name: rule for name, rule in RULES.items() if rule.has_action}
 
 def test_rule_parser_sees_every_rule():
     """Cross-check the text parser with Snakemake's own list (a real model config: no local prompt files needed)."""
-    result = subprocess.run(
+    result = procs.run(
         [sys.executable, "-m", "snakemake", "--list-rules", "--workflow-profile", "none"]
         + ["--snakefile", str(REPO / "Snakefile"), "--configfile", str(EXAMPLE)],
         cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,10 +6,10 @@ import dataclasses
 import json
 import random
 import re
-import subprocess
 import sys
 
 import pandas as pd
+import procs
 import pytest
 import torch
 import yaml
@@ -253,12 +253,10 @@ def test_heal_stage_without_pairs_or_disabled_raises(tiny_model_dir, prompt_file
 
 def dry_run_jobs(workdir, config) -> dict[str, int]:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run(
+    result = procs.run(
         [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--workflow-profile", "none"]
         + ["-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", "config.yaml"],
         cwd=workdir,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

@@ -11,6 +11,7 @@ import time
 from types import SimpleNamespace
 
 import optuna
+import procs
 import pytest
 import torch
 from conftest import REPO
@@ -189,9 +190,9 @@ def search_inputs(tmp_path, tiny_model_dir):
         "work": str(tmp_path / "journal.log"),  # the rule's working storage
         "out": str(tmp_path / "study.db"),
     }
-    return SimpleNamespace(args=args, run=lambda **kw: subprocess.run(
-        [sys.executable, "-c", DRIVER, json.dumps({**args, **kw})], capture_output=True, text=True, timeout=300, env=_env()
-    ), popen=lambda **kw: subprocess.Popen(
+    return SimpleNamespace(args=args, run=lambda **kw: procs.run(
+        [sys.executable, "-c", DRIVER, json.dumps({**args, **kw})], timeout=300, env=_env()
+    ), popen=lambda **kw: procs.popen(
         [sys.executable, "-c", DRIVER, json.dumps({**args, **kw})], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env()
     ))  # fmt: skip
 

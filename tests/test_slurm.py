@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import procs
 import pytest
 import yaml
 from conftest import REPO, build_tiny_model
@@ -169,9 +170,7 @@ def test_pipeline_through_slurm(cluster, tmp_path: Path) -> None:
     env["PATH"] = f"{SNAKEMAKE.parent}{os.pathsep}{env.get('PATH', '')}"
     start = time.monotonic()
     try:
-        run = subprocess.run(
-            command, cwd=workdir, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
-        )
+        run = procs.run(command, cwd=workdir, env=env, timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
         stuck = [job for job, _, state in jobs_in(workdir) if state in ("PENDING", "CONFIGURING", "RUNNING")]
         if stuck:

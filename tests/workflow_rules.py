@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import procs
 
 REPO = Path(__file__).resolve().parents[1]
 RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
@@ -95,11 +96,9 @@ def dry_run(workdir: Path, *args: str, env: dict[str, str] | None = None, timeou
     command = [sys.executable, "-m", "snakemake", "-n", "--forceall", "--snakefile", str(REPO / "Snakefile")]
     if "--workflow-profile" not in args:
         command += ["--workflow-profile", "none"]
-    result = subprocess.run(
+    result = procs.run(
         command + list(args),
         cwd=workdir,
-        capture_output=True,
-        text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
