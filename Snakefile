@@ -1,15 +1,15 @@
 # Bruno: abliteration pipeline. Table of contents only; see rules/ for the stages and config/schema.yaml for settings.
+# No `configfile:` here on purpose: a config given with --configfile is the whole run (on top of the schema's
+# defaults), and config/config.yaml (the embedded organism default) is read only when none is given (rules/common.smk).
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
-
-
 include: "rules/common.smk"
 include: "rules/prompts.smk"
 include: "rules/organism.smk"
+include: "rules/model.smk"
 include: "rules/directions.smk"
 include: "rules/optimize.smk"
 include: "rules/abliterate.smk"

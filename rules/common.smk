@@ -3,6 +3,8 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 from snakemake.exceptions import WorkflowError
 
 REPO = Path(workflow.basedir)
@@ -10,10 +12,30 @@ SRC = str(REPO / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
-from bruno.config import expand_replicates, resolve_variants, validate_config
+from bruno.config import (
+    deep_merge,
+    expand_replicates,
+    resolve_variants,
+    validate_config,
+)
 from bruno.errors import BrunoError
+from bruno.model_source import resolve_model_source
 
 SCHEMA = REPO / "config" / "schema.yaml"
+# The embedded default run (the refusal organism). Used only when no --configfile is given: a config file a user
+# passes is the whole run on top of the schema's defaults, and nothing of this file leaks into it.
+DEFAULT_CONFIG = REPO / "config" / "config.yaml"
+
+
+def apply_default_config():
+    """Without --configfile, the run's config is config/config.yaml with any --config values on top."""
+    if workflow.config_settings.configfiles:
+        return
+    with open(DEFAULT_CONFIG, encoding="utf-8") as f:
+        default = yaml.safe_load(f) or {}
+    merged = deep_merge(default, config)
+    config.clear()
+    config.update(merged)
 
 
 def resolve_shipped_paths(evaluation):
@@ -41,11 +63,14 @@ def resolve_shipped_paths(evaluation):
 
 
 try:
+    apply_default_config()
     validate_config(config, SCHEMA)
     resolve_shipped_paths(config["evaluation"])
     VARIANTS = resolve_variants(config, SCHEMA)
     # {instance: (variant, replicate index)}; replicates > 1 adds `{variant}_rep{k}` instances with offset seeds.
     REPLICATE_OF = expand_replicates(VARIANTS, config["replicates"], config["seed"])
+    # organism | directory | gguf | hub; local sources are checked here, before any job runs.
+    MODEL_SOURCE = resolve_model_source(config["model"]["name"])
 except BrunoError as error:
     raise WorkflowError(str(error)) from None
 
@@ -57,10 +82,15 @@ if "base" in VARIANTS:
 STAGES = ["ablated", "healed"]
 SETS = ["harmful", "harmless"]
 SPLITS = ["train", "val", "test"]
-IS_ORGANISM = config["model"]["name"] == "organism"
+IS_ORGANISM = MODEL_SOURCE.kind == "organism"
 # Threads of every model job (torch threads). Override per rule with --set-threads.
 MODEL_JOB_THREADS = workflow.cores
-MODEL_PATH = "results/organism" if IS_ORGANISM else config["model"]["name"]
+# Where jobs load the base model from: the trained organism, the dequantised GGUF, the local directory, or the hub id.
+MODEL_PATH = {
+    "organism": "results/organism",
+    "gguf": "results/model",
+    "directory": str(MODEL_SOURCE.path),
+}.get(MODEL_SOURCE.kind, config["model"]["name"])
 
 
 wildcard_constraints:
@@ -129,10 +159,18 @@ def get_evaluation_inputs(wildcards=None):
 
 
 def get_base_model():
-    """Input for jobs that load the base model: the organism directory, a local model directory, or nothing (hub id)."""
-    if IS_ORGANISM:
-        return ["results/organism"]
-    return [MODEL_PATH] if Path(MODEL_PATH).exists() else []
+    """Input for jobs that load the base model: the organism or dequantised-GGUF directory (made by a rule), a local
+    model directory, or nothing (hub id)."""
+    return [] if MODEL_SOURCE.kind == "hub" else [MODEL_PATH]
+
+
+def get_gguf_file(wildcards):
+    """The .gguf file rule `dequantize` reads (a job of it exists only when model.name names a GGUF)."""
+    if MODEL_SOURCE.kind != "gguf":
+        raise WorkflowError(
+            f"results/model is made from a GGUF, but model.name '{config['model']['name']}' is not one."
+        )
+    return str(MODEL_SOURCE.path)
 
 
 def variant_stages(variant):

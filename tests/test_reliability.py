@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import optuna
+import procs
 import pytest
 import torch
 from conftest import REPO
@@ -208,10 +209,8 @@ def heal_for_kill_test(args):
 
 def run_driver(args: dict) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}"}
-    return subprocess.run(
+    return procs.run(
         [sys.executable, "-c", KILL_DRIVER, json.dumps(args)],
-        capture_output=True,
-        text=True,
         timeout=300,
         env=env,
     )
@@ -357,3 +356,84 @@ def test_every_torch_load_is_weights_only():
             calls.append((path.name, match[1]))
     assert calls, "no torch.load call found: the check is looking in the wrong place"
     assert all("weights_only=True" in args for _, args in calls), calls
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model is checked before any job: local sources at config validation, hub ids with one clear message at load.
+
+
+def copy_model(source: Path, target: Path, skip: tuple[str, ...] = ()) -> Path:
+    target.mkdir()
+    for path in Path(source).iterdir():
+        if path.name not in skip:
+            (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def test_local_model_directories_are_checked_naming_what_is_missing(tiny_model_dir, tmp_path):
+    from bruno.model_source import resolve_model_source
+
+    assert resolve_model_source(str(tiny_model_dir)).kind == "directory"
+    truncated = copy_model(tiny_model_dir, tmp_path / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(BrunoError, match=r"truncated/model\.safetensors is truncated"):
+        resolve_model_source(str(truncated))
+    no_tokenizer = copy_model(
+        tiny_model_dir, tmp_path / "untokenized", skip=("tokenizer.json", "tokenizer_config.json")
+    )
+    with pytest.raises(BrunoError, match=r"untokenized lacks a tokenizer"):
+        resolve_model_source(str(no_tokenizer))
+    pickled = copy_model(tiny_model_dir, tmp_path / "pickled", skip=("model.safetensors",))
+    torch.save({"w": torch.zeros(1)}, pickled / "pytorch_model.bin")
+    with pytest.raises(BrunoError, match=r"only pickle weights pytorch_model\.bin, which are never loaded"):
+        resolve_model_source(str(pickled))
+    with pytest.raises(BrunoError, match=r"no such file or directory: \./not-here"):
+        resolve_model_source("./not-here")
+
+
+def test_missing_model_path_stops_the_workflow_before_any_job(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    (tmp_path / "run.yaml").write_text("model: {name: /nonexistent/no-such-model}\n")
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "1"]
+    result = procs.run(
+        [*command, "--workflow-profile", "none", "--configfile", "run.yaml"], cwd=tmp_path, timeout=180
+    )
+    assert result.returncode != 0
+    assert "no such file or directory: /nonexistent/no-such-model" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+def test_unreachable_hub_id_fails_its_first_model_job_with_one_clear_console_message(tmp_path):
+    """No hub here: the first job that loads the model says which rule, which id and what to set instead."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    (tmp_path / "run.yaml").write_text("model: {name: nobody-xyz/no-such-model}\n")
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "1"]
+    command += [
+        "--workflow-profile",
+        "none",
+        "--configfile",
+        "run.yaml",
+        "--",
+        "results/baseline/directions.pt",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = procs.run(command, cwd=tmp_path, timeout=300, env=env)
+    assert result.returncode != 0
+    console = result.stdout + result.stderr
+    assert (
+        "Error in rule directions: Could not load the tokenizer of hub id 'nobody-xyz/no-such-model'"
+        in console
+    )
+    assert "set model.name to a local model directory or .gguf file" in console
+
+
+def test_a_timed_out_command_leaves_nothing_running(tmp_path):
+    """procs.run kills the command's whole process group, not only the process it started."""
+    marker = tmp_path / "child.pid"
+    script = f"sleep 300 & echo $! > {marker}; wait"
+    with pytest.raises(subprocess.TimeoutExpired):
+        procs.run(["bash", "-c", script], timeout=2)
+    stat = Path(f"/proc/{int(marker.read_text())}/stat")
+    # gone, or a zombie waiting for init to reap it (state Z): either way it no longer runs
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"

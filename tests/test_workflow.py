@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import yaml
 from conftest import REPO
@@ -69,11 +69,9 @@ def test_bad_config_stops_before_any_job_and_names_the_key(tmp_path):
     (workdir / "bad.yaml").write_text(
         yaml.safe_dump({"search": {"n_trials": 0}, "variants": {"x": {"serach": {}}}})
     )
-    result = subprocess.run(
+    result = procs.run(
         [*SNAKEMAKE, "--cores", "1", "--configfile", "config/config.yaml", "bad.yaml"],
         cwd=workdir,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert result.returncode != 0
@@ -101,11 +99,9 @@ def default_run(tmp_path_factory):
     (workdir / "data").symlink_to(REPO / "data")
     (workdir / "config").mkdir()
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(reduced_config(), sort_keys=False))
-    result = subprocess.run(
-        [*SNAKEMAKE, "--cores", "2"],
+    result = procs.run(
+        [*SNAKEMAKE, "--cores", "2", "--configfile", "config/config.yaml"],
         cwd=workdir,
-        capture_output=True,
-        text=True,
         timeout=1500,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
@@ -157,11 +153,9 @@ def test_default_run_writes_every_stage_output(default_run):
 
 
 def test_rerun_has_nothing_to_do(default_run):
-    result = subprocess.run(
-        [*SNAKEMAKE, "-n", "--cores", "2"],
+    result = procs.run(
+        [*SNAKEMAKE, "-n", "--cores", "2", "--configfile", "config/config.yaml"],
         cwd=default_run,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert result.returncode == 0

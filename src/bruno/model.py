@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from bruno.errors import BrunoError
+from bruno.model_source import hub_load_error
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,8 @@ def load_tokenizer(path: str | Path, settings: ModelSettings) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(
             str(path), revision=settings.revision, trust_remote_code=settings.trust_remote_code
         )
-    except OSError as e:
-        raise BrunoError(
-            f"Could not load the tokenizer of '{path}': {e}. If this is a hub id, no hub is reachable here: "
-            "set model.name to a local model directory."
-        ) from e
+    except (OSError, ValueError) as e:
+        raise hub_load_error(str(path), "tokenizer", e) from e
     if settings.chat_template:
         template = settings.chat_template
         if Path(template).is_file():
@@ -136,11 +134,8 @@ def load_model(
                 use_safetensors=True,
                 **kwargs,
             )
-        except OSError as e:
-            raise BrunoError(
-                f"Could not load model '{path}': {e}. Only safetensors weights are loaded; if this is a hub id, no "
-                "hub is reachable here: set model.name to a local model directory."
-            ) from e
+        except (OSError, ValueError) as e:
+            raise hub_load_error(str(path), "weights", e, "Only safetensors weights are loaded.") from e
         if "device_map" not in kwargs and not settings.load_in_4bit:
             model.to(device)
         model.eval()

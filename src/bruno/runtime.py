@@ -72,5 +72,7 @@ def run_job(snakemake: Any, main: Any, seed_key: str | None = "seed") -> None:
         main(snakemake, log)
     except BrunoError as error:
         log.error("%s", error)
-        raise SystemExit(f"Error in rule {snakemake.rule}: {error}") from None
+        message = f"Error in rule {snakemake.rule}: {error}"
+        print(message, file=sys.__stderr__, flush=True)  # the console too, not only the job's log
+        raise SystemExit(message) from None
     log.info("done in %.1f s; %s", time.time() - start, peak_memory())
