@@ -20,6 +20,7 @@ from bruno.device import resolve_batch_size
 from bruno.direction_methods import calibration_factor, contrastive_pca, ensemble, probe_directions
 from bruno.directions import layer_separation, mean_difference, save_directions
 from bruno.errors import BrunoError
+from bruno.families import check_model_dir
 from bruno.io import sha256_texts
 from bruno.model import ModelSettings, encode, generate_greedy, last_token_residuals, load_model, model_device
 from bruno.prompts import read_prompts
@@ -171,6 +172,8 @@ def run(
     seed: int,
     out_path: str | Path,
 ) -> dict[str, Any]:
+    if Path(model_path).is_dir():
+        check_model_dir(model_path)  # an unsupported family stops here, before the weights are read
     model, tokenizer = load_model(model_path, model_settings)
     limit = settings.get("n_train_prompts")
     harmful_prompts = read_prompts(harmful_path)[:limit]
