@@ -16,6 +16,7 @@ from bruno.experts import ExpertsTarget
 from bruno.families import FAMILIES, check_model_dir, family_of
 from bruno.model import (
     ModelSettings,
+    chat_strings,
     encode,
     first_token_logprobs,
     generate_greedy,
@@ -23,6 +24,15 @@ from bruno.model import (
     load_model,
 )
 from bruno.plan import AblationParams, ComponentKernel, EditTargets, build_edits
+from bruno.refusal import MarkerDetector
+from bruno.thinking import (
+    DEFAULT_THINKING_TAGS,
+    AnswerOnly,
+    _replies,
+    answer_text,
+    prompt_opened,
+    resolve_response_prefix,
+)
 from bruno.trial import TrialEvaluator
 
 CPU = torch.device("cpu")
@@ -86,10 +96,12 @@ def family_config(model_type: str, tok):
     return getattr(transformers, family.config_class)(**kwargs)
 
 
-def build_family_model(model_type: str, seed: int = 0):
+def build_family_model(model_type: str, seed: int = 0, extra_tokens: tuple[str, ...] = ()):
     from transformers import AutoModelForCausalLM
 
     tok = family_tokenizer(model_type)
+    tok.add_tokens(list(extra_tokens))
+    tok.padding_side = "left"  # as load_tokenizer sets it
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(family_config(model_type, tok))
     if family_of(model).experts is not None:  # std 0.02 and zero biases: make the experts (and biases) matter
@@ -249,3 +261,99 @@ def test_unsupported_family_stops_with_the_supported_list(tmp_path):
     model.save_pretrained(tmp_path / "gpt2")
     with pytest.raises(BrunoError, match="gpt2.*Qwen3-MoE"):
         check_model_dir(tmp_path / "gpt2")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Thinking models
+
+
+def thinking_model():
+    """A tiny Qwen3 (ChatML, <think> tokens) rigged to reply '<think> sorry</think>Sure' to every prompt: its layers
+    write nothing, so each next token depends on the current one only, and the embeddings and output head chain
+    the tokens."""
+    model, tok = build_family_model("qwen3", extra_tokens=(" sorry", "Sure"))
+    last = encode(tok, ["Hello"], None, 1, CPU)[0].input_ids[0, -1].item()
+    ids = tok.convert_tokens_to_ids
+    chain = [
+        last,
+        ids("<think>"),
+        *tok.encode(" sorry"),
+        ids("</think>"),
+        *tok.encode("Sure"),
+        tok.eos_token_id,
+    ]
+    assert len(set(chain)) == len(chain)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
+        embed[:, : len(chain)] = 0
+        head.zero_()
+        for dim, (token, following) in enumerate(zip(chain, chain[1:], strict=False)):
+            embed[token] = 0
+            embed[token, dim] = 1.0
+            head[following, dim] = 100.0
+    return model, tok
+
+
+NO_EDIT = AblationParams("global", 0.0, {"attn.o_proj": ComponentKernel(0.0, 0.0, 0.0, 1.0)})
+
+
+def test_answer_text_cuts_thinking_blocks():
+    assert answer_text("<think>I cannot decide</think>\n\nSure, here it is.") == "Sure, here it is."
+    assert (
+        answer_text("<think>I'm sorry, still thinking") == ""
+    )  # the budget ended inside the block: no answer
+    assert answer_text("so I cannot</think> Sure.", opened="<think>") == "Sure."
+    assert answer_text("[THINK]hm[/THINK]I won't.") == "I won't."
+    assert answer_text("No thinking here.") == "No thinking here."
+
+
+def test_thinking_model_prefix_directions_kl_and_refusals():
+    model, tok = thinking_model()
+    replies = _replies(model, tok, HARMFUL, None, "", 8)
+    assert replies == ["<think> sorry</think>Sure"] * 3
+    prefix = resolve_response_prefix("auto", model, tok, HARMFUL + HARMLESS, None)
+    assert prefix == "<think></think>"
+    assert resolve_response_prefix("", model, tok, HARMFUL, None) == ""
+    assert (
+        resolve_response_prefix("<think>\n\n</think>\n\n", model, tok, HARMFUL, None)
+        == "<think>\n\n</think>\n\n"
+    )
+
+    directions = torch.zeros(3, 64)
+    think = [tok.convert_tokens_to_ids(t) for t in ("<think>", "</think>")]
+    with_prefix = TrialEvaluator(model, tok, directions, COMPONENTS, "none", HARMFUL, HARMLESS, None, 8, 3,
+                                 response_prefix=prefix)  # fmt: skip
+    for batch in (
+        with_prefix.kl_batches + with_prefix.refusal_batches
+    ):  # residuals and KL at the answer's start
+        assert batch.input_ids[:, -2:].tolist() == [think] * len(batch)
+    assert with_prefix.base_logprobs.argmax(-1).tolist() == [tok.encode("Sure")[0]] * 3
+    result = with_prefix.evaluate(NO_EDIT)
+    assert list(result.responses) == ["Sure"] * 3 and result.n_refusals == 0  # the budget is the answer's
+
+    plain = TrialEvaluator(model, tok, directions, COMPONENTS, "none", HARMFUL, HARMLESS, None, 8, 8,
+                           response_prefix="")  # fmt: skip
+    result = plain.evaluate(NO_EDIT)
+    assert list(result.responses) == ["<think> sorry</think>Sure"] * 3
+    assert result.n_refusals == 0  # "sorry" was thought, not answered
+    assert all(v.is_refusal for v in MarkerDetector().classify(result.responses))  # what reading it all says
+    short = TrialEvaluator(model, tok, directions, COMPONENTS, "none", HARMFUL, HARMLESS, None, 8, 3,
+                           response_prefix="")  # fmt: skip
+    assert short.evaluate(NO_EDIT).n_refusals == 3  # thinking used the whole budget: no answer
+
+
+def test_template_that_opens_a_thinking_block_is_closed_by_the_prefix():
+    model, tok = build_family_model("qwen3")
+    tok.chat_template = CHATML.replace("assistant\n{% endif %}", "assistant\n<think>\n{% endif %}")
+    assert chat_strings(tok, ["Hi"], None)[0].endswith("<think>\n")
+    prefix = resolve_response_prefix("auto", model, tok, HARMFUL, None)
+    assert prefix == "</think>\n\n"
+    assert prompt_opened(tok, None, prefix, DEFAULT_THINKING_TAGS) == ""
+    assert prompt_opened(tok, None, "", DEFAULT_THINKING_TAGS) == "<think>"
+    assert (
+        AnswerOnly(MarkerDetector(), opened="<think>").classify(["I cannot say</think>Sure."])[0].is_refusal
+        is False
+    )

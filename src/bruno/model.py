@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,15 @@ class ModelSettings:
     device_map: str | dict[str, Any] | None = None
     max_memory: dict[str, str] | None = None  # with device_map: {"0": "22GiB", "cpu": "64GiB"}
     load_in_4bit: bool = False  # bitsandbytes NF4 (CUDA only; optional package)
+    # Appended to every chat prompt: 'auto' (detect a thinking block to skip), '' (none) or the text (bruno.thinking).
+    response_prefix: str = "auto"
+    thinking_tags: list[list[str]] = field(
+        default_factory=lambda: [
+            ["<think>", "</think>"],
+            ["<thought>", "</thought>"],
+            ["[THINK]", "[/THINK]"],
+        ]
+    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -212,21 +221,30 @@ class Batch:
         return groups
 
 
-def chat_strings(tokenizer: Any, texts: Sequence[str], system_prompt: str | None) -> list[str]:
-    """Render each prompt through the chat template, ending with the assistant generation prompt."""
+def chat_strings(
+    tokenizer: Any, texts: Sequence[str], system_prompt: str | None, response_prefix: str = ""
+) -> list[str]:
+    """Render each prompt through the chat template, ending with the assistant generation prompt and then the
+    response prefix (`bruno.thinking`: e.g. an empty thinking block, so the answer starts at once)."""
     rendered = []
     for text in texts:
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": text})
-        rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        rendered.append(chat + response_prefix)
     return rendered
 
 
 def encode(
-    tokenizer: Any, texts: Sequence[str], system_prompt: str | None, batch_size: int, device: torch.device
+    tokenizer: Any,
+    texts: Sequence[str],
+    system_prompt: str | None,
+    batch_size: int,
+    device: torch.device,
+    response_prefix: str = "",
 ) -> list[Batch]:
     """Tokenise prompts once, left-padded, in batches (the chat template already holds special tokens)."""
-    strings = chat_strings(tokenizer, texts, system_prompt)
+    strings = chat_strings(tokenizer, texts, system_prompt, response_prefix)
     batches = []
     for start in range(0, len(strings), batch_size):
         enc = tokenizer(

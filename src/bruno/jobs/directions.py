@@ -25,6 +25,7 @@ from bruno.io import sha256_texts
 from bruno.model import ModelSettings, encode, generate_greedy, last_token_residuals, load_model, model_device
 from bruno.prompts import read_prompts
 from bruno.refusal import MarkerDetector
+from bruno.thinking import AnswerOnly, prompt_opened, resolve_response_prefix
 
 log = logging.getLogger(__name__)
 
@@ -181,15 +182,22 @@ def run(
     device, system = model_device(model), model_settings.system_prompt
     texts = [p.text for p in harmful_prompts + harmless_prompts]
     batch = resolve_batch_size(model_settings.batch_size, model, tokenizer, texts, system)
-    harmful_batches = encode(tokenizer, [p.text for p in harmful_prompts], system, batch, device)
+    tags = model_settings.thinking_tags
+    sample = [p.text for p in harmful_prompts[:8] + harmless_prompts[:8]]
+    prefix = resolve_response_prefix(model_settings.response_prefix, model, tokenizer, sample, system, tags)
+    log.info("response prefix: %r", prefix)
+    harmful_batches = encode(tokenizer, [p.text for p in harmful_prompts], system, batch, device, prefix)
     harmful = last_token_residuals(model, harmful_batches)
     harmless = last_token_residuals(
-        model, encode(tokenizer, [p.text for p in harmless_prompts], system, batch, device)
+        model, encode(tokenizer, [p.text for p in harmless_prompts], system, batch, device, prefix)
     )
     refused = None
     if settings["use_caa"]:
         responses = generate_greedy(model, tokenizer, harmful_batches, settings["caa_max_new_tokens"])
-        refused = [v.is_refusal for v in MarkerDetector(refusal_markers).classify(responses)]
+        detector = AnswerOnly(
+            MarkerDetector(refusal_markers), tags, prompt_opened(tokenizer, system, prefix, tags)
+        )
+        refused = [v.is_refusal for v in detector.classify(responses)]
     tensors, meta = compute(harmful, harmless, [p.category for p in harmful_prompts], settings, seed, refused)
     meta.update(
         {
@@ -201,6 +209,7 @@ def run(
             "harmful_sha256": sha256_texts(p.text for p in harmful_prompts),
             "harmless_sha256": sha256_texts(p.text for p in harmless_prompts),
             "system_prompt": system,
+            "response_prefix": prefix,
         }
     )
     save_directions(out_path, {**tensors, "metadata": meta})
