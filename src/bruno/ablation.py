@@ -12,7 +12,8 @@ followed by an optional norm restoration:
   which keeps rᵀW' = 0 exactly at w = 1).
 
 The same edit runs as forward hooks during trials (no weight copies): a pre-hook scales the input by s, a post-hook maps
-y = W x_s + b to c·t ⊙ (y − b − U(V x_s)) + b, which equals W' x + b. `bake` writes W' into the weights for export.
+y = W x_s + b to c·t ⊙ (y − b − U(V x_s)) + b, which equals W' x + b. `bake` writes W' into the weights for export. Fused mixture-of-experts parameters are edited per
+expert by `bruno.experts` through the same `hooked` and `bake`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 NORM_MODES = ("none", "frobenius", "row", "column")
+ModuleKey = tuple[str, int]
+# A Linear, or an object with `applied(edit)` (a context manager) and `bake(edit)` such as bruno.experts.ExpertsTarget.
+EditTarget = Any
 _EPS = 1e-12
 
 
@@ -124,7 +129,8 @@ def apply_edit(weight: torch.Tensor, edit: LowRankEdit) -> torch.Tensor:
     return w * edit.scalar
 
 
-def _hooks(module: nn.Linear, edit: LowRankEdit) -> tuple[object | None, object]:
+def hook_handles(module: nn.Linear, edit: LowRankEdit) -> list[torch.utils.hooks.RemovableHandle]:
+    """Register the edit's forward hooks on a Linear; returns their handles."""
     dtype, device = module.weight.dtype, module.weight.device
     u = edit.u.to(device=device, dtype=dtype)
     v_t = edit.v.T.to(device=device, dtype=dtype).contiguous()
@@ -145,30 +151,32 @@ def _hooks(module: nn.Linear, edit: LowRankEdit) -> tuple[object | None, object]
             y = y * scalar
         return y + bias if bias is not None else y
 
-    pre = module.register_forward_pre_hook(pre_hook) if col is not None else None
-    post = module.register_forward_hook(post_hook)
-    return pre, post
+    handles = [module.register_forward_pre_hook(pre_hook)] if col is not None else []
+    handles.append(module.register_forward_hook(post_hook))
+    return handles
 
 
 @contextlib.contextmanager
-def hooked(
-    modules: Mapping[tuple[str, int], nn.Linear], edits: Mapping[tuple[str, int], LowRankEdit]
-) -> Iterator[None]:
-    """Apply edits as forward hooks for the duration of the block; hooks are always removed afterwards."""
-    handles = []
-    try:
+def hooked(modules: Mapping[ModuleKey, EditTarget], edits: Mapping[ModuleKey, Any]) -> Iterator[None]:
+    """Apply edits for the duration of the block (forward hooks on a Linear; a fused-experts target patches its
+    layer, `bruno.experts`); everything is always restored afterwards."""
+    with contextlib.ExitStack() as stack:
         for key, edit in edits.items():
-            pre, post = _hooks(modules[key], edit)
-            handles.extend(h for h in (pre, post) if h is not None)
+            module = modules[key]
+            if isinstance(module, nn.Linear):
+                for handle in hook_handles(module, edit):
+                    stack.callback(handle.remove)
+            else:
+                stack.enter_context(module.applied(edit))
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @torch.no_grad()
-def bake(modules: Mapping[tuple[str, int], nn.Linear], edits: Mapping[tuple[str, int], LowRankEdit]) -> None:
+def bake(modules: Mapping[ModuleKey, EditTarget], edits: Mapping[ModuleKey, Any]) -> None:
     """Write the edited matrices into the model weights (in place)."""
     for key, edit in edits.items():
-        weight = modules[key].weight
-        weight.copy_(apply_edit(weight, edit).to(weight.dtype))
+        module = modules[key]
+        if isinstance(module, nn.Linear):
+            module.weight.copy_(apply_edit(module.weight, edit).to(module.weight.dtype))
+        else:
+            module.bake(edit)

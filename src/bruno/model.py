@@ -1,5 +1,5 @@
 """Model access: loading (safetensors only), chat formatting and tokenisation, residuals, first-token log-probs,
-batched greedy generation, and discovery of the matrices that write to the residual stream.
+batched greedy generation, and discovery of the matrices that write to the residual stream (`bruno.families`).
 
 All forward passes run under `torch.inference_mode()`; results move to the CPU at once (float32).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +16,12 @@ import torch
 from torch import nn
 
 from bruno.errors import BrunoError
+from bruno.families import decoder_layers as decoder_layers  # re-exported
+from bruno.families import residual_writers
 from bruno.model_source import hub_load_error
 
 log = logging.getLogger(__name__)
 
-# Component name -> relative module paths inside one decoder layer, in the order they are tried.
-COMPONENT_PATHS: dict[str, tuple[str, ...]] = {
-    "attn.o_proj": (
-        "self_attn.o_proj",
-        "self_attn.out_proj",
-        "attn.out_proj",
-        "attention.dense",
-        "linear_attn.out_proj",
-    ),
-    "mlp.down_proj": ("mlp.down_proj", "mlp.fc2", "mlp.dense_4h_to_h", "feed_forward.w2"),
-}
-_LAYER_PATHS = (
-    "model.layers",
-    "model.language_model.layers",
-    "transformer.h",
-    "gpt_neox.layers",
-    "model.decoder.layers",
-)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -55,6 +39,15 @@ class ModelSettings:
     device_map: str | dict[str, Any] | None = None
     max_memory: dict[str, str] | None = None  # with device_map: {"0": "22GiB", "cpu": "64GiB"}
     load_in_4bit: bool = False  # bitsandbytes NF4 (CUDA only; optional package)
+    # Appended to every chat prompt: 'auto' (detect a thinking block to skip), '' (none) or the text (bruno.thinking).
+    response_prefix: str = "auto"
+    thinking_tags: list[list[str]] = field(
+        default_factory=lambda: [
+            ["<think>", "</think>"],
+            ["<thought>", "</thought>"],
+            ["[THINK]", "[/THINK]"],
+        ]
+    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -223,21 +216,30 @@ class Batch:
         return groups
 
 
-def chat_strings(tokenizer: Any, texts: Sequence[str], system_prompt: str | None) -> list[str]:
-    """Render each prompt through the chat template, ending with the assistant generation prompt."""
+def chat_strings(
+    tokenizer: Any, texts: Sequence[str], system_prompt: str | None, response_prefix: str = ""
+) -> list[str]:
+    """Render each prompt through the chat template, ending with the assistant generation prompt and then the
+    response prefix (`bruno.thinking`: e.g. an empty thinking block, so the answer starts at once)."""
     rendered = []
     for text in texts:
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": text})
-        rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        rendered.append(chat + response_prefix)
     return rendered
 
 
 def encode(
-    tokenizer: Any, texts: Sequence[str], system_prompt: str | None, batch_size: int, device: torch.device
+    tokenizer: Any,
+    texts: Sequence[str],
+    system_prompt: str | None,
+    batch_size: int,
+    device: torch.device,
+    response_prefix: str = "",
 ) -> list[Batch]:
     """Tokenise prompts once, left-padded, in batches (the chat template already holds special tokens)."""
-    strings = chat_strings(tokenizer, texts, system_prompt)
+    strings = chat_strings(tokenizer, texts, system_prompt, response_prefix)
     batches = []
     for start in range(0, len(strings), batch_size):
         enc = tokenizer(
@@ -484,42 +486,9 @@ def generate_greedy(
 # Architecture
 
 
-def _get(module: nn.Module, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not hasattr(module, part):
-            return None
-        module = getattr(module, part)
-    return module
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    for path in _LAYER_PATHS:
-        layers = _get(model, path)
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    raise BrunoError(
-        f"Unsupported architecture {type(model).__name__}: no decoder layer list found ({_LAYER_PATHS})."
-    )
-
-
-def target_modules(model: nn.Module, components: Sequence[str]) -> dict[str, list[nn.Linear]]:
-    """For each component, the Linear module of every decoder layer that writes it into the residual stream."""
-    layers = decoder_layers(model)
-    found: dict[str, list[nn.Linear]] = {}
-    for component in components:
-        if component not in COMPONENT_PATHS:
-            raise BrunoError(f"Unknown component '{component}'; known: {', '.join(COMPONENT_PATHS)}.")
-        modules = []
-        for index, layer in enumerate(layers):
-            module = next((m for p in COMPONENT_PATHS[component] if (m := _get(layer, p)) is not None), None)
-            if not isinstance(module, nn.Linear):
-                raise BrunoError(
-                    f"Layer {index} of {type(model).__name__} has no Linear '{component}' "
-                    f"(tried {', '.join(COMPONENT_PATHS[component])}); this architecture is not supported yet."
-                )
-            modules.append(module)
-        found[component] = modules
-    return found
+def target_modules(model: nn.Module, components: Sequence[str]) -> dict[str, list[Any]]:
+    """For each component, what every decoder layer writes it into the residual stream with (`bruno.families`)."""
+    return residual_writers(model, components)
 
 
 def iter_batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

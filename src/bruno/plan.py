@@ -18,11 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from bruno.ablation import LowRankEdit, make_edit, tent_kernel, weight_stats
+from bruno.ablation import EditTarget, ModuleKey, make_edit, tent_kernel, weight_stats
 from bruno.directions import direction_at
-from bruno.model import target_modules
+from bruno.families import residual_writers
 
-ModuleKey = tuple[str, int]
 CAA_COMPONENT = "attn.o_proj"
 
 
@@ -127,22 +126,41 @@ def biproject(direction: torch.Tensor, harmless_mean_row: torch.Tensor) -> torch
 
 
 class EditTargets:
-    """The matrices an abliteration may edit, flattened to {(component, layer): Linear}, with their cached norms."""
+    """What an abliteration may edit, flattened to {(component, layer): target}, with their cached norms. A target is
+    a Linear or, in a mixture-of-experts layer, a `bruno.experts.ExpertsTarget` (see `bruno.families`)."""
 
     def __init__(self, model: nn.Module, components: list[str]):
-        per_component = target_modules(model, components)
+        per_component = residual_writers(model, components)
         self.n_layers = len(next(iter(per_component.values())))
-        self.modules: dict[ModuleKey, nn.Linear] = {
+        self.modules: dict[ModuleKey, EditTarget] = {
             (component, layer): module
             for component, modules in per_component.items()
             for layer, module in enumerate(modules)
         }
-        self._stats: dict[ModuleKey, dict[str, torch.Tensor]] = {}
+        self._stats: dict[ModuleKey, Any] = {}
 
-    def stats(self, key: ModuleKey) -> dict[str, torch.Tensor]:
+    def stats(self, key: ModuleKey) -> Any:
         if key not in self._stats:
-            self._stats[key] = weight_stats(self.modules[key].weight)
+            module = self.modules[key]
+            is_linear = isinstance(module, nn.Linear)
+            self._stats[key] = weight_stats(module.weight) if is_linear else module.weight_stats()
         return self._stats[key]
+
+    def make_edit(
+        self, key: ModuleKey, vectors: list[torch.Tensor], strengths: list[float], norm_preservation: str
+    ) -> Any:
+        """A LowRankEdit for a Linear, an ExpertsEdit (one per expert) for a fused-experts target."""
+        module = self.modules[key]
+        if isinstance(module, nn.Linear):
+            return make_edit(module.weight, vectors, strengths, norm_preservation, self.stats(key))
+        return module.make_edit(vectors, strengths, norm_preservation, self.stats(key))
+
+    def parameter_names(self, model: nn.Module, key: ModuleKey) -> list[str]:
+        names = {id(m): n for n, m in model.named_modules()}
+        module = self.modules[key]
+        if isinstance(module, nn.Linear):
+            return [names[id(module)] + ".weight"]
+        return module.parameter_names(names)
 
 
 def build_edits(
@@ -151,8 +169,8 @@ def build_edits(
     params: AblationParams,
     norm_preservation: str,
     biprojected: bool = False,
-) -> dict[ModuleKey, LowRankEdit]:
-    """One low-rank edit per (component, layer) with a non-zero weight."""
+) -> dict[ModuleKey, Any]:
+    """One edit per (component, layer) with a non-zero weight (`EditTargets.make_edit`)."""
     if isinstance(directions, torch.Tensor):
         directions = DirectionSet(directions)
     if biprojected and directions.harmless_mean is None:
@@ -173,9 +191,8 @@ def build_edits(
             if directions.caa is not None and component == CAA_COMPONENT and directions.caa_strength:
                 vectors.append(_pick(directions.caa, layer, params))
                 strengths.append(-directions.caa_strength)
-            key = (component, layer)
-            edits[key] = make_edit(
-                targets.modules[key].weight, vectors, strengths, norm_preservation, targets.stats(key)
+            edits[(component, layer)] = targets.make_edit(
+                (component, layer), vectors, strengths, norm_preservation
             )
     return edits
 

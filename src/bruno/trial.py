@@ -1,9 +1,10 @@
 """Scoring one set of abliteration parameters on the validation prompts, without copying or reloading the model.
 
-Everything that does not depend on the parameters is computed once: tokenised prompt batches, the base model's
-first-token log-probs on the harmless prompts, the norms of the target matrices, and the base model's leading layers
-on both prompt sets (`PrefixReuse`: layers before a trial's first edited layer are not recomputed). Extra objectives
-(hallucination score, capability loss) are callables of the hooked model, timed separately.
+Everything that does not depend on the parameters is computed once: tokenised prompt batches (each prompt ending with
+the response prefix, `bruno.thinking`), the base model's first-token log-probs on the harmless prompts, the norms of
+the target matrices, and the base model's leading layers on both prompt sets (`PrefixReuse`: layers before a trial's
+first edited layer are not recomputed). Extra objectives (hallucination score, capability loss) are callables of the
+hooked model, timed separately.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bruno.model import encode, first_token_logprobs, generate_greedy, kl_diverg
 from bruno.plan import AblationParams, DirectionSet, EditTargets, build_edits
 from bruno.prefix import PrefixReuse
 from bruno.refusal import MarkerDetector
+from bruno.thinking import DEFAULT_THINKING_TAGS, AnswerOnly, prompt_opened
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class TrialEvaluator:
         refusal_early_stop: bool = False,
         extra_objectives: Mapping[str, Callable[[nn.Module], float]] | None = None,
         prefix_reuse_mb: float = 1024,
+        response_prefix: str = "",
+        thinking_tags: Sequence[Sequence[str]] = DEFAULT_THINKING_TAGS,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -71,11 +75,15 @@ class TrialEvaluator:
         )
         self.norm_preservation = norm_preservation
         self.max_new_tokens = max_new_tokens
-        self.detector = detector or MarkerDetector()
+        # Refusals are judged on the answer, not on a thinking block (bruno.thinking).
+        opened = prompt_opened(tokenizer, system_prompt, response_prefix, thinking_tags)
+        self.detector = AnswerOnly(detector or MarkerDetector(), thinking_tags, opened)
         self.targets = EditTargets(model, components)
         device = model_device(model)
-        self.refusal_batches = encode(tokenizer, refusal_prompts, system_prompt, batch_size, device)
-        self.kl_batches = encode(tokenizer, kl_prompts, system_prompt, batch_size, device)
+        self.refusal_batches = encode(
+            tokenizer, refusal_prompts, system_prompt, batch_size, device, response_prefix
+        )
+        self.kl_batches = encode(tokenizer, kl_prompts, system_prompt, batch_size, device, response_prefix)
         self.n_refusal_prompts = len(refusal_prompts)
         self.base_logprobs = first_token_logprobs(model, self.kl_batches)
         # The base model's leading layers on these prompts, re-used by trials whose edits start later.

@@ -17,8 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def module_names(model: Any, targets: EditTargets, keys: list[tuple[str, int]]) -> list[str]:
-    names = {id(m): n for n, m in model.named_modules()}
-    return [names[id(targets.modules[k])] + ".weight" for k in keys]
+    return [name for key in keys for name in targets.parameter_names(model, key)]
 
 
 def run(

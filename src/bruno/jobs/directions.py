@@ -20,10 +20,12 @@ from bruno.device import resolve_batch_size
 from bruno.direction_methods import calibration_factor, contrastive_pca, ensemble, probe_directions
 from bruno.directions import layer_separation, mean_difference, save_directions
 from bruno.errors import BrunoError
+from bruno.families import check_model_dir
 from bruno.io import sha256_texts
 from bruno.model import ModelSettings, encode, generate_greedy, last_token_residuals, load_model, model_device
 from bruno.prompts import read_prompts
 from bruno.refusal import MarkerDetector
+from bruno.thinking import AnswerOnly, prompt_opened, resolve_response_prefix
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,8 @@ def run(
     seed: int,
     out_path: str | Path,
 ) -> dict[str, Any]:
+    if Path(model_path).is_dir():
+        check_model_dir(model_path)  # an unsupported family stops here, before the weights are read
     model, tokenizer = load_model(model_path, model_settings)
     limit = settings.get("n_train_prompts")
     harmful_prompts = read_prompts(harmful_path)[:limit]
@@ -178,15 +182,22 @@ def run(
     device, system = model_device(model), model_settings.system_prompt
     texts = [p.text for p in harmful_prompts + harmless_prompts]
     batch = resolve_batch_size(model_settings.batch_size, model, tokenizer, texts, system)
-    harmful_batches = encode(tokenizer, [p.text for p in harmful_prompts], system, batch, device)
+    tags = model_settings.thinking_tags
+    sample = [p.text for p in harmful_prompts[:8] + harmless_prompts[:8]]
+    prefix = resolve_response_prefix(model_settings.response_prefix, model, tokenizer, sample, system, tags)
+    log.info("response prefix: %r", prefix)
+    harmful_batches = encode(tokenizer, [p.text for p in harmful_prompts], system, batch, device, prefix)
     harmful = last_token_residuals(model, harmful_batches)
     harmless = last_token_residuals(
-        model, encode(tokenizer, [p.text for p in harmless_prompts], system, batch, device)
+        model, encode(tokenizer, [p.text for p in harmless_prompts], system, batch, device, prefix)
     )
     refused = None
     if settings["use_caa"]:
         responses = generate_greedy(model, tokenizer, harmful_batches, settings["caa_max_new_tokens"])
-        refused = [v.is_refusal for v in MarkerDetector(refusal_markers).classify(responses)]
+        detector = AnswerOnly(
+            MarkerDetector(refusal_markers), tags, prompt_opened(tokenizer, system, prefix, tags)
+        )
+        refused = [v.is_refusal for v in detector.classify(responses)]
     tensors, meta = compute(harmful, harmless, [p.category for p in harmful_prompts], settings, seed, refused)
     meta.update(
         {
@@ -198,6 +209,7 @@ def run(
             "harmful_sha256": sha256_texts(p.text for p in harmful_prompts),
             "harmless_sha256": sha256_texts(p.text for p in harmless_prompts),
             "system_prompt": system,
+            "response_prefix": prefix,
         }
     )
     save_directions(out_path, {**tensors, "metadata": meta})

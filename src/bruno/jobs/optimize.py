@@ -193,6 +193,8 @@ def prepare(
             biprojected=abliteration.biprojected,
             refusal_early_stop=settings.refusal_early_stop,
             prefix_reuse_mb=settings.prefix_reuse_mb,
+            response_prefix=payload["metadata"].get("response_prefix", ""),
+            thinking_tags=model_settings.thinking_tags,
             extra_objectives=extra_objectives(
                 settings, evaluation, tokenizer, model_settings.system_prompt, seed
             ),
