@@ -220,11 +220,10 @@ def _normalised(text: str) -> str:
     return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
 
 
-def test_general_knowledge_set_is_a_fresh_generation():
+def test_general_knowledge_sets_are_a_fresh_generation():
     maker = _tool("make_general_knowledge")
-    assert (DATA / "eval" / "general_knowledge_mc.jsonl").read_text(encoding="utf-8") == maker.render(
-        maker.records()
-    )
+    assert maker.OUTPUT.read_text(encoding="utf-8") == maker.render(maker.records())
+    assert maker.FACTS_OUTPUT.read_text(encoding="utf-8") == maker.render(maker.fact_records())
 
 
 def test_general_knowledge_set_shape_splits_and_balance():
@@ -261,3 +260,33 @@ def test_general_knowledge_set_loads_into_the_evaluator():
     assert len(test) >= 240 and len(val) >= 40 and len(train) >= 40
     ids = [{q.id for q in part} for part in (train, val, test)]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+def test_general_facts_set():
+    from bruno.hallucination import answer_matches, load_factual_questions
+
+    records = load(Path("eval/general_facts_qa.jsonl"))
+    assert 140 <= len(records) <= 170
+    assert (
+        Counter(r["split"] for r in records)["val"] >= 40
+        and Counter(r["split"] for r in records)["test"] >= 90
+    )
+    questions = [_normalised(r["question"]) for r in records]
+    assert len(set(questions)) == len(questions)
+    for r in records:
+        assert list(r) == ["id", "question", "answer", "known", "split", "relation", "entity"]
+        assert r["split"] in ("val", "test") and isinstance(r["known"], bool) and r["question"].endswith("?")
+        golds = r["answer"] if isinstance(r["answer"], list) else [r["answer"]]
+        assert golds and all(isinstance(g, str) and g.strip() for g in golds), r
+    for split in ("val", "test"):  # common and obscure facts in both splits
+        assert {r["known"] for r in records if r["split"] == split} == {True, False}
+    path = str(DATA / "eval" / "general_facts_qa.jsonl")
+    test = load_factual_questions({"path": path, "record_split": "test"})
+    assert len(test) == sum(r["split"] == "test" for r in records)
+    for q in test:  # a reply stating a gold answer matches; one stating another question's gold mostly not
+        assert answer_matches(f"The answer is {q.answers[-1]}.", q.answers), q
+    misses = sum(
+        answer_matches(f"It is {other.answers[0]}.", q.answers)
+        for q, other in zip(test, test[1:], strict=False)
+    )
+    assert misses <= 0.05 * len(test)

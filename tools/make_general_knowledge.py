@@ -1,9 +1,14 @@
-"""Write data/eval/general_knowledge_mc.jsonl: the general-knowledge multiple-choice set for real models.
+"""Write the general-knowledge sets for real models: data/eval/general_knowledge_mc.jsonl (multiple choice, the
+capability evaluation) and data/eval/general_facts_qa.jsonl (real factual questions with gold answers, the
+hallucination evaluation).
 
-The items are hand-written facts (tools/general_knowledge/<subject>.py: question, the right answer, three wrong ones);
-this script only lays them out reproducibly: per subject a seeded order, the first 16 items train (few-shot examples),
-the next 16 val (the search's capability objective), the rest test (the report); within each split the gold letters
-are a seeded, exactly balanced permutation of A-D and the wrong answers are placed in seeded order.
+The items are hand-written facts (tools/general_knowledge/<subject>.py: question, the right answer, three wrong ones;
+tools/general_knowledge/facts.py: question and gold answer); this script only lays them out reproducibly. Multiple
+choice: per subject a seeded order, the first 16 items train (few-shot examples), the next 16 val (the search's
+capability objective), the rest test (the report); within each split the gold letters are a seeded, exactly balanced
+permutation of A-D and the wrong answers are placed in seeded order. Factual questions: a seeded order, a third of
+the common and a third of the obscure facts val (the search's hallucination objective), the rest test; records as
+data/eval/factual_qa.jsonl ({id, question, answer, known, split, relation, entity}; `known` = common knowledge).
 
     .venv/bin/python tools/make_general_knowledge.py            # rewrite the file
     .venv/bin/python tools/make_general_knowledge.py --check    # exit 1 if the committed file differs
@@ -21,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ITEMS_DIR = Path(__file__).resolve().parent / "general_knowledge"
 OUTPUT = REPO / "data" / "eval" / "general_knowledge_mc.jsonl"
+FACTS_OUTPUT = REPO / "data" / "eval" / "general_facts_qa.jsonl"
 SUBJECTS = {  # subject (as prompts name it, "_" read as a space) -> item module
     "everyday_science": "science",
     "geography": "geography",
@@ -33,11 +39,29 @@ LETTERS = "ABCD"
 SEED = 19
 
 
-def items(module: str) -> list[tuple[str, str, str, str, str]]:
-    spec = importlib.util.spec_from_file_location(f"general_knowledge_{module}", ITEMS_DIR / f"{module}.py")
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"general_knowledge_{name}", ITEMS_DIR / f"{name}.py")
     loaded = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loaded)
-    return list(loaded.ITEMS)
+    return loaded
+
+
+def items(module: str) -> list[tuple[str, str, str, str, str]]:
+    return list(_module(module).ITEMS)
+
+
+def fact_records(seed: int = SEED) -> list[dict]:
+    rng = random.Random(seed)
+    facts = list(_module("facts").FACTS)
+    rng.shuffle(facts)
+    seen = {True: 0, False: 0}
+    out = []
+    for index, (relation, entity, question, answer, common) in enumerate(facts):
+        split = "val" if seen[common] % 3 == 0 else "test"
+        seen[common] += 1
+        out.append({"id": f"gf-{index:03d}", "question": question, "answer": answer, "known": common,
+                    "split": split, "relation": relation, "entity": entity})  # fmt: skip
+    return out
 
 
 def records(seed: int = SEED) -> list[dict]:
@@ -82,14 +106,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare with the committed file instead of writing")
     args = parser.parse_args()
-    text = render(records())
-    if args.check:
-        same = OUTPUT.exists() and OUTPUT.read_text(encoding="utf-8") == text
-        print(f"{OUTPUT.relative_to(REPO)}: {'up to date' if same else 'STALE (run without --check)'}")
-        return 0 if same else 1
-    OUTPUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUTPUT.relative_to(REPO)} ({text.count(chr(10))} items)")
-    return 0
+    stale = 0
+    for path, rows in ((OUTPUT, records()), (FACTS_OUTPUT, fact_records())):
+        text = render(rows)
+        if args.check:
+            same = path.exists() and path.read_text(encoding="utf-8") == text
+            print(f"{path.relative_to(REPO)}: {'up to date' if same else 'STALE (run without --check)'}")
+            stale += not same
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path.relative_to(REPO)} ({len(rows)} items)")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
