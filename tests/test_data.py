@@ -201,3 +201,92 @@ def test_factual_questions_known_and_unknown(prompts):
             assert sum(r["answer"] in other for other in answers) == 1
     counts = Counter(r["known"] for r in qa)
     assert counts[True] >= 40 and counts[False] >= 30
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The general-knowledge sets for real models (hand-written facts, laid out by tools/make_general_knowledge.py)
+
+
+def _tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, DATA.parent / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _normalised(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+
+def test_general_knowledge_sets_are_a_fresh_generation():
+    maker = _tool("make_general_knowledge")
+    assert maker.OUTPUT.read_text(encoding="utf-8") == maker.render(maker.records())
+    assert maker.FACTS_OUTPUT.read_text(encoding="utf-8") == maker.render(maker.fact_records())
+
+
+def test_general_knowledge_set_shape_splits_and_balance():
+    items = load(Path("eval/general_knowledge_mc.jsonl"))
+    assert len(items) >= 400
+    splits = Counter(r["split"] for r in items)
+    assert set(splits) == {"train", "val", "test"} and splits["test"] >= 240 and splits["val"] >= 40
+    subjects = {"everyday_science", "geography", "objects_animals_food", "arithmetic", "language"}
+    assert {r["subject"] for r in items} == subjects
+    for r in items:
+        assert list(r) == ["id", "subject", "question", "choices", "answer", "split"]
+        assert len(r["choices"]) == 4 and len({_normalised(c) for c in r["choices"]}) == 4, r
+        assert r["answer"] in "ABCD" and len(r["answer"]) == 1 and r["question"].endswith("?")
+        assert r["id"].startswith(f"gk-{r['subject']}-{r['split']}-")
+    assert len({r["id"] for r in items}) == len(items)
+    questions = [_normalised(r["question"]) for r in items]
+    assert len(set(questions)) == len(questions)  # no question twice, so the splits share none
+    for split in ("train", "val", "test"):
+        counts = Counter(r["answer"] for r in items if r["split"] == split)
+        spread = max(counts.values()) - min(counts.values())
+        assert set(counts) == set("ABCD") and spread <= 1, (split, counts)
+        per_subject = Counter(r["subject"] for r in items if r["split"] == split)
+        assert set(per_subject) == subjects  # every split covers every subject (few-shot examples, spread)
+
+
+def test_general_knowledge_set_loads_into_the_evaluator():
+    from bruno.capability import MMLUSettings, load_questions, search_questions
+
+    source = {"path": str(DATA / "eval" / "general_knowledge_mc.jsonl"), "record_split": "test"}
+    settings = MMLUSettings(source=source, mmlu_categories=None, mmlu_samples_per_category=None)
+    test = load_questions(settings)
+    val = search_questions(settings, None, seed=0)
+    train = load_questions(settings, split="train")
+    assert len(test) >= 240 and len(val) >= 40 and len(train) >= 40
+    ids = [{q.id for q in part} for part in (train, val, test)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+def test_general_facts_set():
+    from bruno.hallucination import answer_matches, load_factual_questions
+
+    records = load(Path("eval/general_facts_qa.jsonl"))
+    assert 140 <= len(records) <= 170
+    assert (
+        Counter(r["split"] for r in records)["val"] >= 40
+        and Counter(r["split"] for r in records)["test"] >= 90
+    )
+    questions = [_normalised(r["question"]) for r in records]
+    assert len(set(questions)) == len(questions)
+    for r in records:
+        assert list(r) == ["id", "question", "answer", "known", "split", "relation", "entity"]
+        assert r["split"] in ("val", "test") and isinstance(r["known"], bool) and r["question"].endswith("?")
+        golds = r["answer"] if isinstance(r["answer"], list) else [r["answer"]]
+        assert golds and all(isinstance(g, str) and g.strip() for g in golds), r
+    for split in ("val", "test"):  # common and obscure facts in both splits
+        assert {r["known"] for r in records if r["split"] == split} == {True, False}
+    path = str(DATA / "eval" / "general_facts_qa.jsonl")
+    test = load_factual_questions({"path": path, "record_split": "test"})
+    assert len(test) == sum(r["split"] == "test" for r in records)
+    for q in test:  # a reply stating a gold answer matches; one stating another question's gold mostly not
+        assert answer_matches(f"The answer is {q.answers[-1]}.", q.answers), q
+    misses = sum(
+        answer_matches(f"It is {other.answers[0]}.", q.answers)
+        for q, other in zip(test, test[1:], strict=False)
+    )
+    assert misses <= 0.05 * len(test)

@@ -9,7 +9,9 @@ The prediction is the best-scoring letter; `letter_mass` (total probability of t
 model follows the format.
 
 `MMLUEvaluator` tokenises once in `__init__`; `evaluate`/`accuracy` can be called again and again, e.g. with a trial's
-forward hooks active. Sources: the shipped set (`{id, subject, question, choices, answer: A-D, split}` records) or
+forward hooks active. `build_evaluator` picks it or the cloze scorer (`bruno.cloze`, the choice's own text after the
+question) as `evaluation.mmlu.scoring` says; the held-out evaluation and the search's capability objective both build
+theirs there. Sources: the shipped set (`{id, subject, question, choices, answer: A-D, split}` records) or
 `cais/mmlu` through `datasets`.
 """
 
@@ -54,6 +56,7 @@ class MMLUSettings:
     use_chat_template: bool = True
     task_label: str | None = None
     batch_size: int = 16
+    scoring: str = "letter"  # "letter" (this module) or "cloze" (bruno.cloze)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -283,6 +286,7 @@ class MMLUResult:
     rows: list[dict[str, Any]]
     n: int
     n_correct: int
+    scoring: str = "letter"
 
     @property
     def accuracy(self) -> float:
@@ -371,3 +375,30 @@ class MMLUEvaluator:
     def accuracy(self, model: nn.Module, indices: Sequence[int] | None = None) -> float:
         """Fraction correct on the given questions (all by default): the per-trial capability check."""
         return self.evaluate(model, indices).accuracy
+
+
+SCORINGS = ("letter", "cloze")
+
+
+def build_evaluator(
+    settings: MMLUSettings,
+    tokenizer: Any,
+    questions: Sequence[MCQuestion],
+    shots: Mapping[str, Sequence[MCQuestion]] | None = None,
+    system_prompt: str | None = None,
+) -> Any:
+    """The evaluator `settings.scoring` names (letter: `MMLUEvaluator`; cloze: `bruno.cloze.ClozeEvaluator`), with the
+    configured chat-template choice and batch size."""
+    if settings.scoring not in SCORINGS:
+        raise BrunoError(
+            f"config key 'evaluation.mmlu.scoring': {settings.scoring!r} is not one of {', '.join(SCORINGS)}."
+        )
+    if settings.scoring == "cloze":
+        from bruno.cloze import ClozeEvaluator
+
+        return ClozeEvaluator(
+            tokenizer, questions, settings.use_chat_template, shots, system_prompt, settings.batch_size
+        )
+    return MMLUEvaluator(
+        tokenizer, questions, settings.use_chat_template, shots, system_prompt, settings.batch_size
+    )

@@ -277,12 +277,23 @@ def mmlu_metric(result: MMLUResult, task: str, settings: MMLUSettings) -> dict[s
     by_subject: dict[str, list[bool]] = {}
     for row in result.rows:
         by_subject.setdefault(row["subject"], []).append(bool(row["correct"]))
+    if result.scoring == "cloze":
+        from bruno.cloze import SCORING
+
+        scoring = SCORING
+        unnormalised = sum(r["predicted_unnormalised"] == r["gold"] for r in result.rows)
+        extra: dict[str, Any] = {"accuracy_unnormalised": rate_metric(unnormalised, result.n)}
+    else:
+        scoring = "log-likelihood of the answer letters A-D"
+        extra = {
+            "mean_letter_mass": sum(r["letter_mass"] for r in result.rows) / result.n if result.n else None
+        }
     metric.update(
         task=task,
-        scoring="log-likelihood of the answer letters A-D",
+        scoring=scoring,
         few_shot=settings.mmlu_few_shot,
         chat_template=settings.use_chat_template,
-        mean_letter_mass=sum(r["letter_mass"] for r in result.rows) / result.n if result.n else None,
+        **extra,
         by_subject={s: rate_metric(sum(v), len(v)) for s, v in sorted(by_subject.items())},
     )
     return metric

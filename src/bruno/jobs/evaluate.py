@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bruno.capability import MMLUEvaluator, MMLUSettings, few_shot_examples, load_questions
+from bruno.capability import MMLUSettings, build_evaluator, few_shot_examples, load_questions
 from bruno.errors import BrunoError
 from bruno.evaluate import (
     EvaluationSettings,
@@ -42,8 +42,12 @@ from bruno.stats import mean_metric
 
 log = logging.getLogger(__name__)
 
-MMLU_COLUMNS = ["subject", "question_id", "gold", "predicted", "logprob_A", "logprob_B", "logprob_C", "logprob_D",
-                "letter_mass", "correct"]  # fmt: skip
+_LOGPROBS = [f"logprob_{letter}" for letter in "ABCD"]
+MMLU_COLUMNS = {  # per evaluation.mmlu.scoring
+    "letter": ["subject", "question_id", "gold", "predicted", *_LOGPROBS, "letter_mass", "correct"],
+    "cloze": ["subject", "question_id", "gold", "predicted", *_LOGPROBS,
+              *(f"logprob_per_char_{letter}" for letter in "ABCD"), "predicted_unnormalised", "correct"],
+}  # fmt: skip
 HALLUCINATION_COLUMNS = ["question_id", "question", "group", "samples", "pairwise_similarity", "score",
                          "greedy_answer", "gold", "correct"]  # fmt: skip
 
@@ -188,10 +192,9 @@ def run(
     if mmlu_settings.enabled:
         t = time.perf_counter()
         questions = load_questions(mmlu_settings)
-        evaluator = MMLUEvaluator(
-            tokenizer, questions, mmlu_settings.use_chat_template, few_shot_examples(mmlu_settings, questions),
-            system_prompt, mmlu_settings.batch_size,
-        )  # fmt: skip
+        evaluator = build_evaluator(
+            mmlu_settings, tokenizer, questions, few_shot_examples(mmlu_settings, questions), system_prompt
+        )
         result = evaluator.evaluate(model)
         mmlu_rows = result.rows
         metrics["mmlu_accuracy"] = mmlu_metric(result, task_label(mmlu_settings, is_organism), mmlu_settings)
@@ -216,7 +219,7 @@ def run(
     metrics["seconds_by_part"] = timings
     metrics.update(peak_memory())
     _write_csv(outputs["refusals"], rows)
-    _write_csv(outputs["mmlu"], mmlu_rows, MMLU_COLUMNS)
+    _write_csv(outputs["mmlu"], mmlu_rows, MMLU_COLUMNS[mmlu_settings.scoring])
     _write_csv(outputs["hallucination"], halluc_rows, HALLUCINATION_COLUMNS)
     atomic_write_json(outputs["metrics"], metrics)
     log.info(

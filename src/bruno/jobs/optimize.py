@@ -114,11 +114,11 @@ def extra_objectives(
         )  # fmt: skip
         objectives["hallucination_score"] = detector.score
     if settings.use_capability_objective:
-        from bruno.capability import MMLUEvaluator, search_questions
+        from bruno.capability import build_evaluator, search_questions
 
         mmlu = evaluation.mmlu_settings()
         questions = search_questions(mmlu, settings.capability_check_n_questions, seed)
-        evaluator = MMLUEvaluator(tokenizer, questions, mmlu.use_chat_template, None, system_prompt)
+        evaluator = build_evaluator(mmlu, tokenizer, questions, None, system_prompt)  # the held-out scoring
         objectives["capability_loss"] = lambda model: 1.0 - evaluator.accuracy(model)
     return objectives
 
