@@ -75,14 +75,6 @@ def run(
         else []
     )
 
-    def batches(tokenizer: Any, texts: list[str], size: int, device: torch.device) -> list:
-        return encode(tokenizer, texts, system_prompt, size, device, prefix)
-
-    def generate(model: Any, tokenizer: Any, prompts: list) -> list[str]:
-        texts = [p.text for p in prompts]
-        encoded = batches(tokenizer, texts, model_settings.batch_size, model_device(model))
-        return generate_greedy(model, tokenizer, encoded, settings.max_new_tokens)
-
     if settings.checkpoint_every is not None and (harmful_val_path is None or harmless_val_path is None):
         raise BrunoError(
             "config key 'healing.checkpoint_every' needs the harmful and harmless val prompts (the heal rule passes "
@@ -92,23 +84,27 @@ def run(
     prefix = base_response_prefix(base, tokenizer, model_settings, harmful_train_path, harmless_train_path)
     response_format = ResponseFormat.of(tokenizer, system_prompt, prefix, model_settings.thinking_tags)
     detector = response_format.judge(MarkerDetector(refusal_markers))
+
+    def batches(tokenizer: Any, texts: list[str], size: int, device: torch.device) -> list:
+        """Every prompt of healing ends with the base model's response prefix."""
+        return encode(tokenizer, texts, system_prompt, size, device, prefix)
+
+    def generate(model: Any, tokenizer: Any, prompts: list) -> list[str]:
+        texts = [p.text for p in prompts]
+        encoded = batches(tokenizer, texts, model_settings.batch_size, model_device(model))
+        return generate_greedy(model, tokenizer, encoded, settings.max_new_tokens)
+
     base_harmful = generate(base, tokenizer, harmful)
     base_harmless = generate(base, tokenizer, harmless) if harmless else []
+    device = model_device(base)
     probe = None
     if settings.checkpoint_every is not None:
         n_val = settings.checkpoint_val_prompts
-        device = model_device(base)
-        kl_batches = batches(
-            tokenizer,
-            [p.text for p in read_prompts(harmless_val_path)][:n_val],
-            model_settings.batch_size,
-            device,
-        )
-        refusal_batches = batches(
-            tokenizer,
-            [p.text for p in read_prompts(harmful_val_path)][:n_val],
-            model_settings.batch_size,
-            device,
+        kl_batches, refusal_batches = (
+            batches(
+                tokenizer, [p.text for p in read_prompts(path)][:n_val], model_settings.batch_size, device
+            )
+            for path in (harmless_val_path, harmful_val_path)
         )
         probe = CheckpointProbe(
             tokenizer=tokenizer,
@@ -132,7 +128,6 @@ def run(
                 "config key 'healing.distill_weight' is set but the base model refused every sampled harmless train "
                 "prompt, so there is nothing to distil; set it to 0 or check evaluation.refusal_markers."
             )
-        device = model_device(base)
         distillation = FirstTokenDistillation(
             batch=batches(tokenizer, answered, len(answered), torch.device("cpu"))[0],
             base_logprobs=first_token_logprobs(
