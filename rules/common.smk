@@ -71,6 +71,11 @@ try:
     REPLICATE_OF = expand_replicates(VARIANTS, config["replicates"], config["seed"])
     # organism | directory | gguf | hub; local sources are checked here, before any job runs.
     MODEL_SOURCE = resolve_model_source(config["model"]["name"])
+    # An unsupported model family stops here, before any job (bruno.families reads config.json only).
+    if MODEL_SOURCE.kind == "directory":
+        from bruno.families import check_model_dir
+
+        check_model_dir(MODEL_SOURCE.path)
 except BrunoError as error:
     raise WorkflowError(str(error)) from None
 

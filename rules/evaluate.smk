@@ -4,6 +4,9 @@ rule evaluate_base:
         model=get_base_model(),
         harmful=prompt_file("harmful", "test"),
         harmless=prompt_file("harmless", "test"),
+        # the response prefix is resolved from the train prompts, as the directions job does
+        harmful_train=prompt_file("harmful", "train"),
+        harmless_train=prompt_file("harmless", "train"),
     output:
         refusals="results/eval/base/refusals.csv",
         mmlu="results/eval/base/mmlu.csv",

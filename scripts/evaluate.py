@@ -29,6 +29,11 @@ def main(snakemake, log):
         write_base_logprobs=is_base,
         seed=snakemake.params.seed,
         is_organism=snakemake.params.model["name"] == "organism",
+        train_prompt_paths=(
+            {"harmful": snakemake.input.harmful_train, "harmless": snakemake.input.harmless_train}
+            if is_base
+            else None
+        ),
     )
 
 

@@ -86,7 +86,7 @@ def test_evaluation_stage_writes_every_file_with_the_contract(tiny_model_dir, tm
         out = tmp_path / stage
         outputs = {k: out / f"{k}.{'json' if k == 'metrics' else 'csv'}" for k in ("refusals", "mmlu", "hallucination", "metrics")}  # fmt: skip
         run(stage, str(model_dir), ModelSettings(), prompts, settings, outputs, reference, write,
-            seed=0, is_organism=True)  # fmt: skip
+            seed=0, is_organism=True, train_prompt_paths=prompts)  # fmt: skip
         metrics[stage] = json.loads(outputs["metrics"].read_text())
         refusals = pd.read_csv(outputs["refusals"])
         assert set(refusals["set"]) == {"harmful", "harmless", "borderline"}

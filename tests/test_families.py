@@ -4,10 +4,12 @@ a trial through the hooks, the same edit baked, save, reload and generate; per-e
 from __future__ import annotations
 
 import copy
+import sys
 
+import procs
 import pytest
 import torch
-from conftest import build_tokenizer
+from conftest import REPO, build_tokenizer
 
 from bruno.ablation import NORM_MODES, bake, hooked
 from bruno.directions import mean_difference, residual_means
@@ -261,6 +263,15 @@ def test_unsupported_family_stops_with_the_supported_list(tmp_path):
     model.save_pretrained(tmp_path / "gpt2")
     with pytest.raises(BrunoError, match="gpt2.*Qwen3-MoE"):
         check_model_dir(tmp_path / "gpt2")
+    # The workflow stops at config validation, before any job (the directory itself is complete).
+    family_tokenizer("llama").save_pretrained(tmp_path / "gpt2")
+    (tmp_path / "run.yaml").write_text(f"model:\n  name: {tmp_path / 'gpt2'}\n")
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n", "--cores", "1",
+               "--workflow-profile", "none", "--configfile", "run.yaml"]  # fmt: skip
+    plan = procs.run(command, cwd=tmp_path, timeout=180)
+    output = plan.stdout + (plan.stderr or "")
+    assert plan.returncode != 0 and "WorkflowError" in output
+    assert "model type 'gpt2' is not a supported model family" in output, output[-2000:]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -233,19 +233,20 @@ def chat_message(q: MCQuestion) -> str:
 
 
 def render_prompt(
-    tokenizer: Any, q: MCQuestion, shots: Sequence[MCQuestion], chat: bool, system_prompt: str | None
-) -> str:
-    """Chat: one user/assistant turn per shot (the assistant answers with the letter), then the question, ending with
-    the generation prompt. Raw: lm-eval's MMLU text, shots as "Answer: X" blocks, ending with "Answer:"."""
+    tokenizer: Any, q: MCQuestion, shots: Sequence[MCQuestion], chat: bool, system: str | None,
+    prefix: str = "",
+) -> str:  # fmt: skip
+    """Chat: a user/assistant turn per shot (answered with the letter), the question, the generation prompt and the
+    response `prefix` (`bruno.thinking`). Raw: lm-eval's MMLU text, shots as "Answer: X" blocks, ending "Answer:"."""
     if chat:
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages = [{"role": "system", "content": system}] if system else []
         for shot in shots:
             messages += [
                 {"role": "user", "content": chat_message(shot)},
                 {"role": "assistant", "content": shot.answer},
             ]
         messages.append({"role": "user", "content": chat_message(q)})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
     header = f"The following are multiple choice questions (with answers) about {_subject(q.subject)}.\n\n"
     body = "".join(f"{question_block(s)} {s.answer}\n\n" for s in shots)
     return header + body + question_block(q)
@@ -304,6 +305,7 @@ class MMLUEvaluator:
         shots: Mapping[str, Sequence[MCQuestion]] | None = None,
         system_prompt: str | None = None,
         batch_size: int = 16,
+        response_prefix: str = "",
     ):
         if not questions:
             raise BrunoError("MMLUEvaluator: no questions to evaluate.")
@@ -311,11 +313,11 @@ class MMLUEvaluator:
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         add_special = not use_chat_template  # a chat template writes its own special tokens
-        prompts = [
-            render_prompt(tokenizer, q, (shots or {}).get(q.subject, ()), use_chat_template, system_prompt)
+        self.prompts = prompts = [
+            render_prompt(tokenizer, q, (shots or {}).get(q.subject, ()), use_chat_template, system_prompt,
+                          response_prefix)
             for q in self.questions
-        ]
-        self.prompts = prompts
+        ]  # fmt: skip
         self.token_ids = [tokenizer(p, add_special_tokens=add_special)["input_ids"] for p in prompts]
         self.letter_ids = letter_token_ids(tokenizer, prompts[0], add_special)
         self._batches: dict[tuple[int, ...], list[tuple[list[int], Batch]]] = {}
@@ -386,19 +388,17 @@ def build_evaluator(
     questions: Sequence[MCQuestion],
     shots: Mapping[str, Sequence[MCQuestion]] | None = None,
     system_prompt: str | None = None,
+    response_prefix: str = "",
 ) -> Any:
     """The evaluator `settings.scoring` names (letter: `MMLUEvaluator`; cloze: `bruno.cloze.ClozeEvaluator`), with the
-    configured chat-template choice and batch size."""
+    configured chat-template choice and batch size; chat prompts end with `response_prefix`."""
     if settings.scoring not in SCORINGS:
         raise BrunoError(
             f"config key 'evaluation.mmlu.scoring': {settings.scoring!r} is not one of {', '.join(SCORINGS)}."
         )
+    args = (tokenizer, questions, settings.use_chat_template, shots, system_prompt, settings.batch_size)
     if settings.scoring == "cloze":
         from bruno.cloze import ClozeEvaluator
 
-        return ClozeEvaluator(
-            tokenizer, questions, settings.use_chat_template, shots, system_prompt, settings.batch_size
-        )
-    return MMLUEvaluator(
-        tokenizer, questions, settings.use_chat_template, shots, system_prompt, settings.batch_size
-    )
+        return ClozeEvaluator(*args, response_prefix=response_prefix)
+    return MMLUEvaluator(*args, response_prefix=response_prefix)

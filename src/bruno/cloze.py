@@ -31,20 +31,23 @@ SCORING = "cloze: log-likelihood of each choice's text after the question, per c
 
 
 def cloze_prompt(
-    tokenizer: Any, q: MCQuestion, shots: Sequence[MCQuestion], chat: bool, system_prompt: str | None
-) -> tuple[str, str]:
+    tokenizer: Any, q: MCQuestion, shots: Sequence[MCQuestion], chat: bool, system: str | None,
+    prefix: str = "",
+) -> tuple[str, str]:  # fmt: skip
     """(prompt, separator): the text before a choice, and what joins the choice to it. Chat: each shot a
-    user/assistant turn (the answer's text), then the question ending with the generation prompt; the choice is the
-    start of the assistant turn. Raw: lm-eval's ARC text "Question: ...\\nAnswer:" per shot and question; " choice"."""
+    user/assistant turn (the answer's text), then the question ending with the generation prompt and the response
+    `prefix` (`bruno.thinking`); the choice is the start of the answer. Raw: lm-eval's ARC text
+    "Question: ...\\nAnswer:" per shot and question; " choice"."""
     if chat:
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages = [{"role": "system", "content": system}] if system else []
         for shot in shots:
             messages += [
                 {"role": "user", "content": shot.question},
                 {"role": "assistant", "content": shot.choices[LETTERS.index(shot.answer)]},
             ]
         messages.append({"role": "user", "content": q.question})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), ""
+        chat_prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat_prompt + prefix, ""
     body = "".join(f"Question: {s.question}\nAnswer: {s.choices[LETTERS.index(s.answer)]}\n\n" for s in shots)
     return f"{body}Question: {q.question}\nAnswer:", " "
 
@@ -83,6 +86,7 @@ class ClozeEvaluator:
         system_prompt: str | None = None,
         batch_size: int = 16,
         share_prompt: bool | None = None,
+        response_prefix: str = "",
     ):
         """`share_prompt`: None = share each prompt's KV cache among its choices when the model's cache allows it;
         False = whole sequences (tests compare the two)."""
@@ -95,8 +99,9 @@ class ClozeEvaluator:
         add_special = not use_chat_template  # a chat template writes its own special tokens
         self.items = []
         for q in self.questions:
+            shots_q = (shots or {}).get(q.subject, ())
             prompt, separator = cloze_prompt(
-                tokenizer, q, (shots or {}).get(q.subject, ()), use_chat_template, system_prompt
+                tokenizer, q, shots_q, use_chat_template, system_prompt, response_prefix
             )
             prompt_ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
             self.items.append(

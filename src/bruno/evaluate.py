@@ -2,8 +2,10 @@
 job puts together.
 
 - Refusals: greedy replies to the harmful, harmless and borderline test prompts, classified by the configured detector
-  (`refusals.csv` records which detector decided each reply).
-- KL(base ‖ model): of the next-token distribution at the first response position (heretic's measure), and optionally
+  (`refusals.csv` records which detector decided each reply). A thinking model's prompts end with the response prefix
+  and detectors judge the answer only (`bruno.thinking.ResponseFormat`; the reply is recorded whole).
+- KL(base ‖ model): of the next-token distribution at the first response position (heretic's measure; after the
+  response prefix), and optionally
   teacher-forced over the first k tokens of the base model's greedy reply (the base stage stores that reference once:
   reply tokens and the top log-probs per position; other stages load it).
 - Capability (`bruno.capability`) and hallucination (`bruno.hallucination`) rows and summaries.
@@ -45,6 +47,7 @@ from bruno.refusal import (
     RefusalDetector,
 )
 from bruno.stats import mean_metric, rate_metric
+from bruno.thinking import DEFAULT_FORMAT, ResponseFormat
 
 
 @dataclass(frozen=True)
@@ -92,19 +95,26 @@ def generate_responses(
     prompts: Sequence[Prompt],
     system_prompt: str | None,
     settings: EvaluationSettings,
+    response_prefix: str = "",
 ) -> list[str]:
+    texts = [p.text for p in prompts]
     batches = encode(
-        tokenizer, [p.text for p in prompts], system_prompt, settings.batch_size, model_device(model)
+        tokenizer, texts, system_prompt, settings.batch_size, model_device(model), response_prefix
     )
     return generate_greedy(model, tokenizer, batches, settings.max_new_tokens)
 
 
 def refusal_rows(
-    prompt_sets: dict[str, Sequence[Prompt]], responses: dict[str, Sequence[str]], detector: RefusalDetector
+    prompt_sets: dict[str, Sequence[Prompt]],
+    responses: dict[str, Sequence[str]],
+    detector: RefusalDetector,
+    response_format: ResponseFormat = DEFAULT_FORMAT,
 ) -> list[dict[str, Any]]:
+    """One row per reply; both detectors judge the answer part of it (`response_format`)."""
     rows = []
+    detector = response_format.judge(detector)
     # heretic's list, always recorded beside the configured detector for comparability
-    markers = MarkerDetector()
+    markers = response_format.judge(MarkerDetector())
     for set_name, prompts in prompt_sets.items():
         verdicts = detector.classify(responses[set_name], [p.text for p in prompts])
         marker_verdicts = markers.classify(responses[set_name])
@@ -157,10 +167,17 @@ def per_prompt_kl(base_logprobs: torch.Tensor, logprobs: torch.Tensor) -> list[f
 
 
 def harmless_logprobs(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], system_prompt: str | None, batch_size: int
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    system_prompt: str | None,
+    batch_size: int,
+    response_prefix: str = "",
 ) -> torch.Tensor:
-    batches = encode(tokenizer, [p.text for p in prompts], system_prompt, batch_size, model_device(model))
-    return first_token_logprobs(model, batches)
+    texts = [p.text for p in prompts]
+    return first_token_logprobs(
+        model, encode(tokenizer, texts, system_prompt, batch_size, model_device(model), response_prefix)
+    )
 
 
 def _prompt_tokens(batches: Sequence[Batch]) -> list[list[int]]:

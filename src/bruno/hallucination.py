@@ -8,6 +8,9 @@ punctuation and articles dropped, a gold answer must appear as whole words); the
 such questions answered wrongly. Free-form gold answers (TruthfulQA) make this match strict, so read that rate as an
 upper bound there.
 
+A thinking model's questions end with the response prefix and only the answer of each reply is embedded and matched
+(`bruno.thinking.ResponseFormat`).
+
 `HallucinationDetector` tokenises once in `__init__` and holds the embedder; `score`/`evaluate` can be called again and
 again, e.g. with a trial's forward hooks active.
 """
@@ -27,6 +30,7 @@ from torch import nn
 
 from bruno.errors import BrunoError
 from bruno.model import chat_strings, decode_replies, eos_token_ids, model_device
+from bruno.thinking import DEFAULT_FORMAT, ResponseFormat
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,7 @@ class HallucinationDetector:
         seed: int = 0,
         system_prompt: str | None = None,
         batch_size: int = 32,
+        response_format: ResponseFormat = DEFAULT_FORMAT,
     ):
         if n_samples < 2:
             raise BrunoError(
@@ -169,7 +174,9 @@ class HallucinationDetector:
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.batch_size = batch_size
-        strings = chat_strings(tokenizer, [q.question for q in self.questions], system_prompt)
+        self.response_format = response_format
+        texts = [q.question for q in self.questions]
+        strings = chat_strings(tokenizer, texts, system_prompt, response_format.prefix)
         self.token_ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in strings]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -187,7 +194,8 @@ class HallucinationDetector:
             replies = decode_replies(
                 model, chunk, self.pad_id, eos, self.max_new_tokens, temperature, generator
             )
-            texts += [t.strip() for t in self.tokenizer.batch_decode(replies, skip_special_tokens=True)]
+            decoded = self.tokenizer.batch_decode(replies, skip_special_tokens=True)
+            texts += [self.response_format.answer(t) for t in decoded]  # stripped, thinking cut out
         return texts
 
     def sample(self, model: nn.Module, indices: Sequence[int] | None = None) -> list[list[str]]:

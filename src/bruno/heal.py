@@ -10,6 +10,10 @@ DPO's implicit KL term anchors to that reference, the ablated model, not to the 
 loss also holds a distillation term towards the base: KL(base || model) of the first response token's distribution on
 harmless train prompts the base answers (the same quantity the search minimises on val prompts), from base log-probs
 computed once before training.
+
+A thinking model (`bruno.thinking`): every prompt, of the pairs' replies, the checkpoint probe and the distillation
+term, ends with the base model's response prefix, refusals are judged on the answer only, and the pairs' assistant
+messages hold the prefix followed by the reply (what the model continues the generation prompt with).
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from torch import nn
 from bruno.errors import BrunoError
 from bruno.model import (
     Batch,
-    encode,
     first_token_logprobs,
     generate_greedy,
     kl_divergence,
@@ -130,27 +133,17 @@ def prompt_messages(text: str, system_prompt: str | None) -> list[dict[str, str]
     return messages + [{"role": "user", "content": text}]
 
 
-def _pair(prompt: Prompt, kind: str, system_prompt: str | None, chosen: str, rejected: str) -> dict[str, Any]:
+def _pair(
+    prompt: Prompt, kind: str, system_prompt: str | None, chosen: str, rejected: str, prefix: str
+) -> dict[str, Any]:
     return {
         "id": prompt.id,
         "kind": kind,
         "category": prompt.category,
         "prompt": prompt_messages(prompt.text, system_prompt),
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
+        "chosen": [{"role": "assistant", "content": prefix + chosen}],
+        "rejected": [{"role": "assistant", "content": prefix + rejected}],
     }
-
-
-def respond(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[Prompt],
-    system_prompt: str | None,
-    batch_size: int,
-    max_new_tokens: int,
-) -> list[str]:
-    batches = encode(tokenizer, [p.text for p in prompts], system_prompt, batch_size, model_device(model))
-    return generate_greedy(model, tokenizer, batches, max_new_tokens)
 
 
 def harmful_pairs(
@@ -159,8 +152,10 @@ def harmful_pairs(
     ablated_responses: Sequence[str],
     detector: MarkerDetector,
     system_prompt: str | None,
+    response_prefix: str = "",
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """chosen = the ablated model's compliant reply, rejected = the base model's refusal.
+    """chosen = the ablated model's compliant reply, rejected = the base model's refusal (replies to prompts that
+    ended with `response_prefix`; `detector` judges what it is given, e.g. the answer only).
 
     A prompt is kept only when the base refused and the ablated model did not (and the two replies differ)."""
     base_refused = [v.is_refusal for v in detector.classify(base_responses)]
@@ -170,7 +165,7 @@ def harmful_pairs(
         prompts, base_responses, ablated_responses, base_refused, ablated_refused, strict=True
     ):
         if b_ref and not a_ref and base.strip() != ablated.strip():
-            pairs.append(_pair(prompt, "harmful", system_prompt, chosen=ablated, rejected=base))
+            pairs.append(_pair(prompt, "harmful", system_prompt, ablated, base, response_prefix))
     counts = {
         "harmful_candidates": len(prompts),
         "harmful_base_refused": sum(base_refused),
@@ -187,6 +182,7 @@ def harmless_pairs(
     system_prompt: str | None,
     degradation: str,
     seed: int,
+    response_prefix: str = "",
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """chosen = the base model's answer, rejected = a degraded copy; base refusals and too-short answers are dropped."""
     rng = random.Random(seed)
@@ -197,7 +193,7 @@ def harmless_pairs(
             continue
         worse = degrade(answer, degradation, rng)
         if worse.strip() and worse.strip() != answer.strip():
-            pairs.append(_pair(prompt, "harmless", system_prompt, chosen=answer, rejected=worse))
+            pairs.append(_pair(prompt, "harmless", system_prompt, answer, worse, response_prefix))
     counts = {
         "harmless_candidates": len(prompts),
         "harmless_base_refused": sum(refused),

@@ -8,17 +8,28 @@ of prompts begins with a thinking opener, the prefix is the empty block (opener 
 that all replies put after it. With the prefix in the prompt, the generation budget (`max_new_tokens`) is spent on
 the answer alone. Refusal detection reads the answer only (`AnswerOnly`): a closed thinking block is cut out, and a
 block still open when the budget ran out leaves no answer (an empty reply, which counts as a refusal).
+
+Every stage renders prompts alike: `base_response_prefix` resolves the setting on the *base* model from the first
+train prompts of each set, and the directions job, the base evaluation and healing all call it (an ablated model could
+reply differently and auto-detect another prefix); the other stages' evaluations reuse the base evaluation's prefix.
+`ResponseFormat` bundles the prefix with what of a reply is the answer.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from bruno.model import chat_strings, decode_tokens, encode, eos_token_ids, model_device
+from bruno.model import ModelSettings, chat_strings, decode_tokens, encode, eos_token_ids, model_device
+from bruno.prompts import read_prompts
+
+log = logging.getLogger(__name__)
 
 DEFAULT_THINKING_TAGS: tuple[tuple[str, str], ...] = (
     ("<think>", "</think>"),
@@ -26,6 +37,7 @@ DEFAULT_THINKING_TAGS: tuple[tuple[str, str], ...] = (
     ("[THINK]", "[/THINK]"),
 )
 AUTO = "auto"
+PREFIX_SAMPLE = 8  # `auto` replies to the first this many train prompts of each set
 
 
 def answer_text(reply: str, tags: Sequence[Sequence[str]] = DEFAULT_THINKING_TAGS, opened: str = "") -> str:
@@ -125,3 +137,47 @@ def prompt_opened(
     """The opener a reply starts inside of: the template's open block when the prefix does not close it, else ''."""
     pair = open_block(tokenizer, system_prompt, tags)
     return pair[0] if pair is not None and pair[1] not in prefix else ""
+
+
+def base_response_prefix(
+    model: nn.Module,
+    tokenizer: Any,
+    model_settings: ModelSettings,
+    harmful_train: str | Path,
+    harmless_train: str | Path,
+) -> str:
+    """`model.response_prefix` resolved on the base model with the first `PREFIX_SAMPLE` prompts of each train file:
+    the one resolution that the directions job, the base evaluation and healing share, so they agree."""
+    sample = [p.text for path in (harmful_train, harmless_train) for p in read_prompts(path)[:PREFIX_SAMPLE]]
+    prefix = resolve_response_prefix(
+        model_settings.response_prefix, model, tokenizer, sample, model_settings.system_prompt,
+        model_settings.thinking_tags,
+    )  # fmt: skip
+    log.info("response prefix: %r", prefix)
+    return prefix
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """How a rendered prompt ends and what of a reply is judged: the response prefix, the thinking tags and the
+    opener the prompt leaves open (`prompt_opened`). The default is a model that does not think."""
+
+    prefix: str = ""
+    tags: Sequence[Sequence[str]] = DEFAULT_THINKING_TAGS
+    opened: str = ""
+
+    @classmethod
+    def of(
+        cls, tokenizer: Any, system_prompt: str | None, prefix: str, tags: Sequence[Sequence[str]]
+    ) -> ResponseFormat:
+        return cls(prefix, tags, prompt_opened(tokenizer, system_prompt, prefix, tags))
+
+    def answer(self, reply: str) -> str:
+        return answer_text(reply, self.tags, self.opened)
+
+    def judge(self, detector: Any) -> AnswerOnly:
+        """`detector`, seeing only the answer of each reply."""
+        return AnswerOnly(detector, self.tags, self.opened)
+
+
+DEFAULT_FORMAT = ResponseFormat()  # no prefix: a model that does not think

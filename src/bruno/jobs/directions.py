@@ -25,7 +25,7 @@ from bruno.io import sha256_texts
 from bruno.model import ModelSettings, encode, generate_greedy, last_token_residuals, load_model, model_device
 from bruno.prompts import read_prompts
 from bruno.refusal import MarkerDetector
-from bruno.thinking import AnswerOnly, prompt_opened, resolve_response_prefix
+from bruno.thinking import AnswerOnly, base_response_prefix, prompt_opened
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +183,7 @@ def run(
     texts = [p.text for p in harmful_prompts + harmless_prompts]
     batch = resolve_batch_size(model_settings.batch_size, model, tokenizer, texts, system)
     tags = model_settings.thinking_tags
-    sample = [p.text for p in harmful_prompts[:8] + harmless_prompts[:8]]
-    prefix = resolve_response_prefix(model_settings.response_prefix, model, tokenizer, sample, system, tags)
-    log.info("response prefix: %r", prefix)
+    prefix = base_response_prefix(model, tokenizer, model_settings, harmful_path, harmless_path)
     harmful_batches = encode(tokenizer, [p.text for p in harmful_prompts], system, batch, device, prefix)
     harmful = last_token_residuals(model, harmful_batches)
     harmless = last_token_residuals(

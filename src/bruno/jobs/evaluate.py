@@ -4,6 +4,11 @@ The base stage also saves the KL reference of every other stage (`harmless_logpr
 the harmless test prompts and, when `kl_teacher_forced_tokens` > 0, its first-k greedy reply tokens with their top
 log-probs. The sentence-embedding model is loaded once and shared by the neural refusal detector and the hallucination
 detector.
+
+The response prefix (`bruno.thinking`) is the base model's: the base stage resolves `model.response_prefix` on the base
+model from the train prompts (`base_response_prefix`, as the directions job does) and records it in the KL reference;
+every other stage renders its prompts with that recorded prefix, so base, ablated and healed models are measured at the
+same positions and their answers judged alike.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from bruno.prompts import read_prompts
 from bruno.refusal import HybridDetector, build_detector, held_out_accuracy
 from bruno.runtime import peak_memory
 from bruno.stats import mean_metric
+from bruno.thinking import AUTO, ResponseFormat, base_response_prefix
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +75,26 @@ def task_label(settings: MMLUSettings, is_organism: bool) -> str:
     )
 
 
+def reference_prefix(path: str | Path, setting: str) -> str:
+    """The response prefix the base stage recorded in its KL reference (references from before it recorded one were
+    rendered without); an explicit `model.response_prefix` must be the same text."""
+    saved = torch.load(path, map_location="cpu", weights_only=True).get("response_prefix", "")
+    if setting not in (AUTO, saved):
+        raise BrunoError(
+            f"{path} was computed with response prefix {saved!r}, but model.response_prefix is {setting!r}; rerun "
+            "evaluate_base (snakemake --forcerun evaluate_base)."
+        )
+    return saved
+
+
 def _kl_reference(
-    write: bool, path: str | Path, model, tokenizer, prompts, system_prompt, settings: EvaluationSettings
-) -> tuple[torch.Tensor, TeacherForcedReference | None, torch.Tensor, list[Any]]:
+    write: bool, path: str | Path, model, tokenizer, prompts, system_prompt, settings: EvaluationSettings,
+    prefix: str,
+) -> tuple[torch.Tensor, TeacherForcedReference | None, torch.Tensor, list[Any]]:  # fmt: skip
     """(base first-token log-probs, teacher-forced reference or None, this model's log-probs, harmless batches)."""
-    logprobs = harmless_logprobs(model, tokenizer, prompts, system_prompt, settings.batch_size)
-    batches = encode(
-        tokenizer, [p.text for p in prompts], system_prompt, settings.batch_size, model_device(model)
-    )
+    logprobs = harmless_logprobs(model, tokenizer, prompts, system_prompt, settings.batch_size, prefix)
+    texts = [p.text for p in prompts]
+    batches = encode(tokenizer, texts, system_prompt, settings.batch_size, model_device(model), prefix)
     ids = [p.id for p in prompts]
     k = settings.kl_teacher_forced_tokens
     if write:
@@ -86,7 +104,7 @@ def _kl_reference(
                 model, tokenizer, batches, ids, k, settings.kl_teacher_forced_top_tokens, settings.batch_size
             )
         with atomic_path(path) as tmp:
-            saved = {"logprobs": logprobs, "prompt_ids": ids, "teacher_forced_tokens": k,
+            saved = {"logprobs": logprobs, "prompt_ids": ids, "teacher_forced_tokens": k, "response_prefix": prefix,
                      "teacher_forced": reference.to_dict() if reference else None}  # fmt: skip
             torch.save(saved, tmp)
         return logprobs, reference, logprobs, batches
@@ -111,12 +129,24 @@ def run(
     write_base_logprobs: bool,
     seed: int = 0,
     is_organism: bool = False,
+    train_prompt_paths: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one stage; `outputs` names the files: refusals, mmlu, hallucination (CSV) and metrics (JSON)."""
+    """Evaluate one stage; `outputs` names the files: refusals, mmlu, hallucination (CSV) and metrics (JSON). The base
+    stage (`write_base_logprobs`) resolves the response prefix from `train_prompt_paths` (harmful, harmless); the
+    others read it from the base stage's reference."""
     start = time.perf_counter()
     timings: dict[str, float] = {}
     model, tokenizer = load_model(model_path, model_settings)
     system_prompt = model_settings.system_prompt
+    if write_base_logprobs:
+        if train_prompt_paths is None:
+            raise BrunoError("the base evaluation needs the train prompts to resolve model.response_prefix")
+        prefix = base_response_prefix(
+            model, tokenizer, model_settings, train_prompt_paths["harmful"], train_prompt_paths["harmless"]
+        )
+    else:
+        prefix = reference_prefix(base_logprobs_path, model_settings.response_prefix)
+    response_format = ResponseFormat.of(tokenizer, system_prompt, prefix, model_settings.thinking_tags)
     mmlu_settings, halluc_settings = settings.mmlu_settings(), settings.hallucination_settings()
     detector_settings = settings.detector_settings()
 
@@ -152,10 +182,10 @@ def run(
     t = time.perf_counter()
     prompt_sets = {name: read_prompts(path) for name, path in prompt_paths.items()}
     responses = {
-        name: generate_responses(model, tokenizer, prompts, system_prompt, settings)
+        name: generate_responses(model, tokenizer, prompts, system_prompt, settings, prefix)
         for name, prompts in prompt_sets.items()
     }
-    rows = refusal_rows(prompt_sets, responses, detector)
+    rows = refusal_rows(prompt_sets, responses, detector, response_format)
     timings["refusals"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -167,8 +197,10 @@ def run(
         prompt_sets["harmless"],
         system_prompt,
         settings,
+        prefix,
     )
-    metrics: dict[str, Any] = {"stage": stage, "model": model_path, **refusal_metrics(rows)}
+    metrics: dict[str, Any] = {"stage": stage, "model": model_path, "response_prefix": prefix}
+    metrics.update(refusal_metrics(rows))
     kl_values = per_prompt_kl(base, logprobs)
     metrics["kl_divergence"] = {**mean_metric(kl_values), "position": "first response token"}
     harmless_rows = [row for row in rows if row["set"] == "harmless"]  # in prompt order, like the KL values
@@ -193,7 +225,12 @@ def run(
         t = time.perf_counter()
         questions = load_questions(mmlu_settings)
         evaluator = build_evaluator(
-            mmlu_settings, tokenizer, questions, few_shot_examples(mmlu_settings, questions), system_prompt
+            mmlu_settings,
+            tokenizer,
+            questions,
+            few_shot_examples(mmlu_settings, questions),
+            system_prompt,
+            prefix,
         )
         result = evaluator.evaluate(model)
         mmlu_rows = result.rows
@@ -207,7 +244,7 @@ def run(
         hallucination = HallucinationDetector(
             tokenizer, load_factual_questions(halluc_settings.source), embedder,
             halluc_settings.hallucination_n_samples, halluc_settings.temperature, halluc_settings.max_new_tokens,
-            seed, system_prompt, halluc_settings.batch_size,
+            seed, system_prompt, halluc_settings.batch_size, response_format,
         )  # fmt: skip
         result = hallucination.evaluate(model)
         halluc_rows = result.rows

@@ -1,5 +1,8 @@
 """Stage `heal`: build DPO preference pairs from the base and ablated models, train a LoRA adapter with DPO on the
-ablated model, merge it and save a normal HF model directory (atomically), the pairs and the training curve."""
+ablated model, merge it and save a normal HF model directory (atomically), the pairs and the training curve.
+
+The response prefix is resolved on the base model from the train prompts (`bruno.thinking.base_response_prefix`, as
+the directions job does) and used for both models; refusals are judged on the answer only."""
 
 from __future__ import annotations
 
@@ -21,15 +24,15 @@ from bruno.heal import (
     HealingSettings,
     harmful_pairs,
     harmless_pairs,
-    respond,
     sample_prompts,
     train_dpo,
 )
 from bruno.io import atomic_directory, atomic_path, atomic_write_json, directory_hashes, write_jsonl
-from bruno.model import ModelSettings, encode, first_token_logprobs, load_model, model_device
+from bruno.model import ModelSettings, encode, first_token_logprobs, generate_greedy, load_model, model_device
 from bruno.prompts import read_prompts
 from bruno.refusal import MarkerDetector
 from bruno.runtime import peak_memory, seed_everything
+from bruno.thinking import ResponseFormat, base_response_prefix
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,6 @@ def run(
     start = time.perf_counter()
     seed = settings.seed if settings.seed is not None else master_seed
     seed_everything(seed)
-    detector = MarkerDetector(refusal_markers)
     system_prompt = model_settings.system_prompt
     n_harmful = settings.n_harmful_pairs
     harmful = sample_prompts(
@@ -73,31 +75,37 @@ def run(
         else []
     )
 
-    def generate(model: Any, tokenizer: Any, prompts: list) -> list[str]:
-        return respond(
-            model, tokenizer, prompts, system_prompt, model_settings.batch_size, settings.max_new_tokens
-        )
-
     if settings.checkpoint_every is not None and (harmful_val_path is None or harmless_val_path is None):
         raise BrunoError(
             "config key 'healing.checkpoint_every' needs the harmful and harmless val prompts (the heal rule passes "
             "them); set it to null to keep the last training step."
         )
     base, tokenizer = load_model(model_path, model_settings)
+    prefix = base_response_prefix(base, tokenizer, model_settings, harmful_train_path, harmless_train_path)
+    response_format = ResponseFormat.of(tokenizer, system_prompt, prefix, model_settings.thinking_tags)
+    detector = response_format.judge(MarkerDetector(refusal_markers))
+
+    def batches(tokenizer: Any, texts: list[str], size: int, device: torch.device) -> list:
+        """Every prompt of healing ends with the base model's response prefix."""
+        return encode(tokenizer, texts, system_prompt, size, device, prefix)
+
+    def generate(model: Any, tokenizer: Any, prompts: list) -> list[str]:
+        texts = [p.text for p in prompts]
+        encoded = batches(tokenizer, texts, model_settings.batch_size, model_device(model))
+        return generate_greedy(model, tokenizer, encoded, settings.max_new_tokens)
+
     base_harmful = generate(base, tokenizer, harmful)
     base_harmless = generate(base, tokenizer, harmless) if harmless else []
+    device = model_device(base)
     probe = None
     if settings.checkpoint_every is not None:
         n_val = settings.checkpoint_val_prompts
-        device = model_device(base)
-        kl_batches = encode(
-            tokenizer, [p.text for p in read_prompts(harmless_val_path)][:n_val], system_prompt,
-            model_settings.batch_size, device,
-        )  # fmt: skip
-        refusal_batches = encode(
-            tokenizer, [p.text for p in read_prompts(harmful_val_path)][:n_val], system_prompt,
-            model_settings.batch_size, device,
-        )  # fmt: skip
+        kl_batches, refusal_batches = (
+            batches(
+                tokenizer, [p.text for p in read_prompts(path)][:n_val], model_settings.batch_size, device
+            )
+            for path in (harmless_val_path, harmful_val_path)
+        )
         probe = CheckpointProbe(
             tokenizer=tokenizer,
             kl_batches=kl_batches,
@@ -120,11 +128,10 @@ def run(
                 "config key 'healing.distill_weight' is set but the base model refused every sampled harmless train "
                 "prompt, so there is nothing to distil; set it to 0 or check evaluation.refusal_markers."
             )
-        device = model_device(base)
         distillation = FirstTokenDistillation(
-            batch=encode(tokenizer, answered, system_prompt, len(answered), torch.device("cpu"))[0],
+            batch=batches(tokenizer, answered, len(answered), torch.device("cpu"))[0],
             base_logprobs=first_token_logprobs(
-                base, encode(tokenizer, answered, system_prompt, model_settings.batch_size, device)
+                base, batches(tokenizer, answered, model_settings.batch_size, device)
             ),
             weight=settings.distill_weight,
             batch_size=settings.distill_batch_size,
@@ -135,13 +142,13 @@ def run(
 
     model, tokenizer = load_model(ablated_path, model_settings)
     pairs, counts = harmful_pairs(
-        harmful, base_harmful, generate(model, tokenizer, harmful), detector, system_prompt
+        harmful, base_harmful, generate(model, tokenizer, harmful), detector, system_prompt, prefix
     )
     pairs = pairs[:n_harmful] if n_harmful is not None else pairs
     counts["harmful_pairs"] = len(pairs)
     if harmless and settings.include_harmless_pairs:
         extra, harmless_counts = harmless_pairs(
-            harmless, base_harmless, detector, system_prompt, settings.harmless_degradation, seed
+            harmless, base_harmless, detector, system_prompt, settings.harmless_degradation, seed, prefix
         )
         pairs += extra
         counts.update(harmless_counts)
@@ -166,6 +173,7 @@ def run(
             "base_model": model_path,
             "settings": dataclasses.asdict(settings),
             "seed": seed,
+            "response_prefix": prefix,
             "pairs": counts,
             "training": summary,
             "generation_seconds": generation_seconds,

@@ -43,6 +43,7 @@ from bruno.search import (
     snapshot,
     warm_start_values,
 )
+from bruno.thinking import DEFAULT_FORMAT, ResponseFormat
 from bruno.trial import TrialEvaluator
 from bruno.trial_pool import TrialPool, TrialWorkers, model_bytes, resolve_parallel_trials
 
@@ -94,6 +95,7 @@ def extra_objectives(
     tokenizer: Any,
     system_prompt: str | None,
     seed: int,
+    response_format: ResponseFormat = DEFAULT_FORMAT,
 ) -> dict[str, Any]:
     """Callables of the (hooked) model for the enabled extra objectives, on validation questions only."""
     objectives: dict[str, Any] = {}
@@ -110,7 +112,7 @@ def extra_objectives(
         questions = load_factual_questions(source)[: settings.hallucination_check_n_questions]
         detector = HallucinationDetector(
             tokenizer, questions, SentenceEmbedder(hall.embedding_model), settings.hallucination_n_samples,
-            hall.temperature, hall.max_new_tokens, seed, system_prompt,
+            hall.temperature, hall.max_new_tokens, seed, system_prompt, response_format=response_format,
         )  # fmt: skip
         objectives["hallucination_score"] = detector.score
     if settings.use_capability_objective:
@@ -118,7 +120,7 @@ def extra_objectives(
 
         mmlu = evaluation.mmlu_settings()
         questions = search_questions(mmlu, settings.capability_check_n_questions, seed)
-        evaluator = build_evaluator(mmlu, tokenizer, questions, None, system_prompt)  # the held-out scoring
+        evaluator = build_evaluator(mmlu, tokenizer, questions, None, system_prompt, response_format.prefix)
         objectives["capability_loss"] = lambda model: 1.0 - evaluator.accuracy(model)
     return objectives
 
@@ -170,6 +172,8 @@ def prepare(
         directions = DirectionSet.from_payload(payload)
         refusal_prompts = [p.text for p in read_prompts(harmful_val_path)][: settings.n_refusal_prompts]
         kl_prompts = [p.text for p in read_prompts(harmless_val_path)][: settings.n_kl_prompts]
+        prefix, tags = payload["metadata"].get("response_prefix", ""), model_settings.thinking_tags
+        response_format = ResponseFormat.of(tokenizer, model_settings.system_prompt, prefix, tags)
         batch_size = resolve_batch_size(
             settings.batch_size,
             model,
@@ -193,10 +197,10 @@ def prepare(
             biprojected=abliteration.biprojected,
             refusal_early_stop=settings.refusal_early_stop,
             prefix_reuse_mb=settings.prefix_reuse_mb,
-            response_prefix=payload["metadata"].get("response_prefix", ""),
-            thinking_tags=model_settings.thinking_tags,
+            response_prefix=prefix,
+            thinking_tags=tags,
             extra_objectives=extra_objectives(
-                settings, evaluation, tokenizer, model_settings.system_prompt, seed
+                settings, evaluation, tokenizer, model_settings.system_prompt, seed, response_format
             ),
         )
         objectives = OBJECTIVES + [name for name in EXTRA_OBJECTIVES if name in evaluator.extra_objectives]
@@ -230,6 +234,7 @@ def prepare(
             },  # fmt: skip
             "refusal_markers": sha256_texts(refusal_markers),
             "refusal_constraint": settings.refusal_constraint,
+            **({"response_prefix": prefix} if prefix else {}),  # absent when '': older studies still resume
         }
         on_error.pop_all()
     return SearchContext(
