@@ -190,7 +190,10 @@ def hub_load_error(name: str, what: str, error: Exception, note: str = "") -> Br
     """The one message for a model that could not be loaded: which id or path, what failed, what to do."""
     note = f" {note}" if note else ""
     if looks_like_path(name) or Path(name).expanduser().exists():
-        return BrunoError(f"Could not load the {what} of '{name}': {error}.{note}")
+        return BrunoError(
+            f"Could not load the {what} of '{name}': {error}.{note} model.name must be a local model directory "
+            "(config.json, tokenizer, *.safetensors) or a .gguf file."
+        )
     return BrunoError(
         f"Could not load the {what} of hub id '{name}' (no hub reachable, or no such model): {error}.{note} "
         f"Without a hub, {_HUB_HINT}."
