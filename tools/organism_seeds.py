@@ -36,7 +36,7 @@ def run_seed(seed: int, root: Path, cores: int, extra: list[str]) -> dict:
     start = time.perf_counter()
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--workflow-profile", "none",
-        "--cores", str(cores), *extra,
+        "--cores", str(cores), "--configfile", "config/config.yaml", *extra,
         "--", "results/eval/base/metrics.json", "results/eval/norm_row/ablated/metrics.json",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
