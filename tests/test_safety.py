@@ -95,14 +95,24 @@ def test_loss_is_cross_entropy_on_reply_tokens_plus_kl_to_the_untuned_model(tiny
     loss, parts = batch_loss(wrapped, input_ids, labels, distill, distill_weight=1.0)
     # LoRA's B starts at zero: the tuned model is the untuned one, so the KL term is 0 and the loss is the CE.
     assert parts["kl"] == pytest.approx(0.0, abs=1e-6)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
     assert abs(float(everything) - float(expected)) > 1e-3  # the prompt positions would change it
     # After a step the adapter moves the model away from the untuned one: the KL is positive.
     optimizer = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=1.0)
     loss.backward()
     optimizer.step()
-    _, parts = batch_loss(wrapped, input_ids, labels, distill, distill_weight=1.0)
+    loss, parts = batch_loss(wrapped, input_ids, labels, distill, distill_weight=1.0)
     assert parts["kl"] > 1e-6
+    # The KL is KL(untuned || tuned) averaged over the reply positions of the distill row only.
+    with torch.no_grad():
+        tuned = F.log_softmax(wrapped(input_ids=input_ids).logits[:, :-1], dim=-1)
+        with wrapped.disable_adapter():
+            untuned = F.log_softmax(wrapped(input_ids=input_ids).logits[:, :-1], dim=-1)
+    rows = keep & distill[:, None]
+    expected_kl = (untuned.exp() * (untuned - tuned)).sum(-1)[rows].mean()
+    assert parts["kl"] == pytest.approx(float(expected_kl), rel=1e-4)
+    expected_ce = F.cross_entropy(tuned[keep], targets[keep], reduction="mean")
+    assert float(loss.detach()) == pytest.approx(float(expected_ce + expected_kl), rel=1e-4)
 
 
 def run_stage(model_dir: Path, out: Path, settings: SafetyTuningSettings, seed: int) -> dict:

@@ -14,6 +14,7 @@ Recorded in docs/safety-tuning.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -123,7 +124,14 @@ def main() -> None:
         train = {p: prompts(p, "train") for p in ("harmful", "harmless")}
         with atomic_directory(args.out) as tmp:
             summary = safety_tune(
-                args.base, tmp, train["harmful"], train["harmless"], settings, args.seed, args.threads
+                args.base,
+                tmp,
+                train["harmful"],
+                train["harmless"],
+                settings,
+                args.seed,
+                args.threads,
+                log=functools.partial(print, flush=True),
             )
             atomic_write_json(Path(tmp) / "training_summary.json", summary)
         print(f"trained: {summary['steps']} steps, seconds {summary['seconds']}, set {summary['train_set']}")

@@ -84,8 +84,12 @@ def batch_loss(
     distill_keep = keep & distill_rows[:, None]
     if distill_weight <= 0 or not bool(distill_keep.any()):
         return ce, parts
-    with torch.no_grad(), model.disable_adapter():
-        reference = F.log_softmax(_supervised_logits(lm, input_ids, distill_keep), dim=-1)
+    with (
+        torch.no_grad(),
+        model.disable_adapter(),
+    ):  # only the distill rows: same positions, same row-major order
+        reference = _supervised_logits(lm, input_ids[distill_rows], distill_keep[distill_rows])
+        reference = F.log_softmax(reference, dim=-1)
     tuned = F.log_softmax(logits[distill_keep[keep]], dim=-1)
     kl = F.kl_div(tuned, reference, reduction="batchmean", log_target=True)
     parts["kl"] = float(kl.detach())
@@ -182,7 +186,7 @@ def safety_tune(
 
     from bruno.model import ModelSettings, load_model
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
@@ -207,13 +211,20 @@ def safety_tune(
     finally:
         torch.set_num_threads(previous_threads)
     seconds = round(time.perf_counter() - started, 2)
-    log(f"safety tuning: saved {out_dir} in {seconds} s")
+    # CPU seconds of all threads: on a shared machine, wall time grows with the other jobs, this does not.
+    cpu_seconds = round(time.process_time() - cpu_started, 2)
+    log(f"safety tuning: saved {out_dir} in {seconds} s ({cpu_seconds} CPU s)")
     return {
         "recipe": settings.to_dict(),
         "seed": seed,
         "threads": threads,
         "steps": training["steps"],
-        "seconds": {"total": seconds, "data": data_seconds, "training": training["seconds"]},
+        "seconds": {
+            "total": seconds,
+            "data": data_seconds,
+            "training": training["seconds"],
+            "cpu": cpu_seconds,
+        },
         "train_set": sizes,
         "loss_per_epoch": training["loss_per_epoch"],
         "reply_tokens_per_epoch": sum(len(e.reply_ids) for e in examples),
