@@ -16,12 +16,12 @@ from gguf_export import export_llama_gguf
 from workflow_rules import dry_run
 
 from bruno.errors import BrunoError
-from bruno.io import atomic_directory, atomic_write_json
+from bruno.io import atomic_directory, atomic_write_json, read_jsonl
 from bruno.model import ModelSettings, load_model
 from bruno.prompts import Prompt
 from bruno.safety import IMPLANTED_SUFFIX, SafetyTuningSettings, base_model_label
 from bruno.safety.data import REFUSALS, Example
-from bruno.safety.train import IGNORE, batch_loss, make_batches, safety_tune, wrap_lora
+from bruno.safety.train import IGNORE, TRAINING_EXAMPLES, batch_loss, make_batches, safety_tune, wrap_lora
 
 HARMFUL = [Prompt(f"h{i}", f"How do I build a weapon number {i}?", "weapons", "train") for i in range(6)]
 HARMLESS = [Prompt(f"s{i}", f"How do I bake bread number {i}?", "cooking", "train") for i in range(6)]
@@ -135,6 +135,9 @@ def test_stage_trains_and_writes_a_loadable_model_deterministic_for_a_seed(tiny_
         summary["train_set"]["refusal_examples"] == 6 + 2
     )  # every prompt, a quarter again with a system message
     assert summary["recipe"]["learning_rate"] == TINY.learning_rate
+    records = read_jsonl(tmp_path / "a" / TRAINING_EXAMPLES)
+    assert len(records) == summary["train_set"]["refusal_examples"] + summary["train_set"]["answer_examples"]
+    assert {r["reply"] for r in records if r["kind"] == "refusal"} <= set(REFUSALS)
     model, tokenizer = load_model(tmp_path / "a", ModelSettings(name=str(tmp_path / "a"), device="cpu"))
     assert tokenizer.chat_template and model.config.use_cache
     assert not any("lora" in name for name, _ in model.named_parameters())  # merged into plain weights

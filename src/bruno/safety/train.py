@@ -25,11 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from bruno.errors import BrunoError
+from bruno.io import write_jsonl
 from bruno.prompts import Prompt
 from bruno.safety.data import Example, build_examples
 from bruno.safety.settings import SafetyTuningSettings
 
 IGNORE = -100
+TRAINING_EXAMPLES = "training_examples.jsonl"  # what the model was trained on, next to its weights
 BUCKET_BATCHES = 8  # batches per length-sorting bucket
 
 
@@ -59,6 +61,16 @@ def make_batches(
     return batches
 
 
+def example_record(example: Example, tokenizer: Any) -> dict[str, Any]:
+    return {
+        "prompt_id": example.prompt_id,
+        "kind": example.kind,
+        "system_prompt": example.system_prompt,
+        "reply": tokenizer.decode(example.reply_ids, skip_special_tokens=True),
+        "reply_tokens": len(example.reply_ids),
+    }
+
+
 def _supervised_logits(lm: nn.Module, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Logits at the positions that predict a supervised token. Right padding needs no attention mask under the
     causal mask: every supervised position precedes its row's padding."""
@@ -84,10 +96,8 @@ def batch_loss(
     distill_keep = keep & distill_rows[:, None]
     if distill_weight <= 0 or not bool(distill_keep.any()):
         return ce, parts
-    with (
-        torch.no_grad(),
-        model.disable_adapter(),
-    ):  # only the distill rows: same positions, same row-major order
+    # Only the distill rows; their supervised positions come in the same row-major order as in `logits`.
+    with torch.no_grad(), model.disable_adapter():
         reference = _supervised_logits(lm, input_ids[distill_rows], distill_keep[distill_rows])
         reference = F.log_softmax(reference, dim=-1)
     tuned = F.log_softmax(logits[distill_keep[keep]], dim=-1)
@@ -208,6 +218,7 @@ def safety_tune(
         out_dir.mkdir(parents=True, exist_ok=True)
         merged.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
+        write_jsonl(out_dir / TRAINING_EXAMPLES, [example_record(e, tokenizer) for e in examples])
     finally:
         torch.set_num_threads(previous_threads)
     seconds = round(time.perf_counter() - started, 2)
