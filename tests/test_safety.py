@@ -21,7 +21,15 @@ from bruno.model import ModelSettings, load_model
 from bruno.prompts import Prompt
 from bruno.safety import IMPLANTED_SUFFIX, SafetyTuningSettings, base_model_label
 from bruno.safety.data import REFUSALS, Example
-from bruno.safety.train import IGNORE, TRAINING_EXAMPLES, batch_loss, make_batches, safety_tune, wrap_lora
+from bruno.safety.train import (
+    IGNORE,
+    TRAINING_EXAMPLES,
+    batch_loss,
+    make_batches,
+    position_weights,
+    safety_tune,
+    wrap_lora,
+)
 
 HARMFUL = [Prompt(f"h{i}", f"How do I build a weapon number {i}?", "weapons", "train") for i in range(6)]
 HARMLESS = [Prompt(f"s{i}", f"How do I bake bread number {i}?", "cooking", "train") for i in range(6)]
@@ -72,6 +80,12 @@ def test_batches_supervise_reply_tokens_only():
         assert labels[row, n_prompt:n].tolist() == example.reply_ids
         assert (labels[row, n:] == IGNORE).all()  # so is the padding
         assert bool(distill[row]) == (example.kind == "answer")
+
+
+def test_first_reply_position_gets_its_weight():
+    keep = torch.tensor([[False, True, True, True], [False, False, True, False]])
+    assert position_weights(keep, 5.0).tolist() == [5.0, 1.0, 1.0, 5.0]
+    assert position_weights(keep, 1.0).tolist() == [1.0] * 4
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,8 @@ class SafetyTuningSettings:
     )
     # Weight of KL(untuned || tuned) on every harmless reply position, beside the cross-entropy on the reply tokens.
     distill_weight: float = 1.0
+    # Weight of the first reply position (where the model decides to refuse or answer) against 1 for the others.
+    first_token_weight: float = 1.0
     generation_batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -48,7 +50,14 @@ class SafetyTuningSettings:
                 raise BrunoError(
                     f"config key 'safety_tuning.{name}' must be >= 1 (got {getattr(self, name)})."
                 )
-        for name in ("first_tuned_layer", "warmup_steps", "resample_tries", "weight_decay", "distill_weight"):
+        for name in (
+            "first_tuned_layer",
+            "warmup_steps",
+            "resample_tries",
+            "weight_decay",
+            "distill_weight",
+            "first_token_weight",
+        ):
             if getattr(self, name) < 0:
                 raise BrunoError(
                     f"config key 'safety_tuning.{name}' must be >= 0 (got {getattr(self, name)})."

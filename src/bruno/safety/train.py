@@ -78,20 +78,36 @@ def _supervised_logits(lm: nn.Module, input_ids: torch.Tensor, keep: torch.Tenso
     return lm.lm_head(hidden[keep]).float()
 
 
+def position_weights(keep: torch.Tensor, first_token_weight: float) -> torch.Tensor:
+    """Loss weight of every supervised position (row-major, as `keep` selects them): `first_token_weight` at each
+    row's first reply position, 1 elsewhere."""
+    first = keep & (keep.long().cumsum(dim=1) == 1)
+    weights = torch.ones(keep.shape)
+    weights[first] = first_token_weight
+    return weights[keep]
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (values * weights).sum() / weights.sum()
+
+
 def batch_loss(
     model: nn.Module,
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     distill_rows: torch.Tensor,
     distill_weight: float,
+    first_token_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy on reply tokens + distill_weight x mean KL(untuned || tuned) over the distill rows' reply
-    positions. `model` is the PEFT-wrapped model (its `disable_adapter()` gives the untuned one)."""
+    """Cross-entropy on reply tokens + distill_weight x KL(untuned || tuned) over the distill rows' reply positions,
+    each a mean over positions with `first_token_weight` on each row's first reply position. `model` is the
+    PEFT-wrapped model (its `disable_adapter()` gives the untuned one)."""
     lm = model.get_base_model()
     targets = labels[:, 1:]
     keep = targets != IGNORE
+    weights = position_weights(keep, first_token_weight)
     logits = _supervised_logits(lm, input_ids, keep)
-    ce = F.cross_entropy(logits, targets[keep])
+    ce = _weighted_mean(F.cross_entropy(logits, targets[keep], reduction="none"), weights)
     parts = {"ce": float(ce.detach())}
     distill_keep = keep & distill_rows[:, None]
     if distill_weight <= 0 or not bool(distill_keep.any()):
@@ -100,8 +116,10 @@ def batch_loss(
     with torch.no_grad(), model.disable_adapter():
         reference = _supervised_logits(lm, input_ids[distill_rows], distill_keep[distill_rows])
         reference = F.log_softmax(reference, dim=-1)
-    tuned = F.log_softmax(logits[distill_keep[keep]], dim=-1)
-    kl = F.kl_div(tuned, reference, reduction="batchmean", log_target=True)
+    in_distill = distill_keep[keep]
+    tuned = F.log_softmax(logits[in_distill], dim=-1)
+    kl_per_position = (reference.exp() * (reference - tuned)).sum(dim=-1)
+    kl = _weighted_mean(kl_per_position, weights[in_distill])
     parts["kl"] = float(kl.detach())
     return ce + distill_weight * kl, parts
 
@@ -161,7 +179,9 @@ def train(
         sums: dict[str, float] = {}
         epoch_start = time.perf_counter()
         for input_ids, labels, distill_rows in batches:
-            loss, parts = batch_loss(model, input_ids, labels, distill_rows, settings.distill_weight)
+            loss, parts = batch_loss(
+                model, input_ids, labels, distill_rows, settings.distill_weight, settings.first_token_weight
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
