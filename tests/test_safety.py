@@ -220,3 +220,16 @@ def test_without_safety_tuning_the_stage_is_not_in_the_dag(gguf_workdir):
     assert "safety_tune" not in blocks
     assert "results/model" in inputs(blocks["directions"])
     assert all("results/safety_tuned" not in block for block in blocks.values())
+
+
+def test_report_names_the_base_model_as_implanted_here(tmp_path):
+    import report_fixture
+
+    from bruno.jobs.report import run
+
+    kwargs = report_fixture.build(tmp_path)
+    config = {**kwargs["config"], "model": {**kwargs["config"]["model"], "name": "/models/SmolLM2.Q4_1.gguf"}}
+    html = run(**{**kwargs, "config": {**config, "safety_tuning": {"enabled": True}}})
+    assert f"SmolLM2 {IMPLANTED_SUFFIX}" in html and "Refusal implanted by this pipeline." in html
+    html = run(**{**kwargs, "config": {**config, "safety_tuning": {"enabled": False}}})
+    assert IMPLANTED_SUFFIX not in html and "Refusal implanted by this pipeline." not in html
