@@ -20,6 +20,7 @@ from bruno.config import (
 )
 from bruno.errors import BrunoError
 from bruno.model_source import resolve_model_source
+from bruno.safety import base_model_label
 
 SCHEMA = REPO / "config" / "schema.yaml"
 # The embedded default run (the refusal organism). Used only when no --configfile is given: a config file a user
@@ -90,12 +91,19 @@ SPLITS = ["train", "val", "test"]
 IS_ORGANISM = MODEL_SOURCE.kind == "organism"
 # Threads of every model job (torch threads). Override per rule with --set-threads.
 MODEL_JOB_THREADS = workflow.cores
-# Where jobs load the base model from: the trained organism, the dequantised GGUF, the local directory, or the hub id.
-MODEL_PATH = {
+# The model as configured: the trained organism, the dequantised GGUF, the local directory, or the hub id.
+UNTUNED_MODEL_PATH = {
     "organism": "results/organism",
     "gguf": "results/model",
     "directory": str(MODEL_SOURCE.path),
 }.get(MODEL_SOURCE.kind, config["model"]["name"])
+# With safety tuning on, rule safety_tune makes the base model of every later stage from the untuned one.
+SAFETY_TUNED = config["safety_tuning"]["enabled"]
+SAFETY_TUNED_PATH = "results/safety_tuned"
+# Where jobs load the base model from.
+MODEL_PATH = SAFETY_TUNED_PATH if SAFETY_TUNED else UNTUNED_MODEL_PATH
+# What reports and logs call the base model (a safety-tuned one says that its refusal was implanted here).
+BASE_MODEL_LABEL = base_model_label(config)
 
 
 wildcard_constraints:
@@ -163,10 +171,16 @@ def get_evaluation_inputs(wildcards=None):
     return inputs
 
 
+def get_untuned_model():
+    """Input of rule safety_tune: the model as configured (organism or dequantised-GGUF directory made by a rule, a
+    local model directory), or nothing (hub id)."""
+    return [] if MODEL_SOURCE.kind == "hub" else [UNTUNED_MODEL_PATH]
+
+
 def get_base_model():
-    """Input for jobs that load the base model: the organism or dequantised-GGUF directory (made by a rule), a local
-    model directory, or nothing (hub id)."""
-    return [] if MODEL_SOURCE.kind == "hub" else [MODEL_PATH]
+    """Input for jobs that load the base model: the safety-tuned model when safety tuning is on (made by rule
+    safety_tune), else the untuned model (see get_untuned_model)."""
+    return [SAFETY_TUNED_PATH] if SAFETY_TUNED else get_untuned_model()
 
 
 def get_gguf_file(wildcards):

@@ -39,6 +39,7 @@ from bruno.report.tables import (
     success_rows,
     verdict_table,
 )
+from bruno.safety import base_model_label
 from bruno.search import STUDY_NAME
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -288,6 +289,7 @@ def build_context(inputs: ReportInputs, out_path: Path) -> dict[str, Any]:
     results = inputs.results_dir
     config = inputs.config
     is_organism = config["model"]["name"] == "organism"
+    model_label = config["model"]["name"] if is_organism else base_model_label(config)
     shown = primary_instances(inputs)
     base = read_json(results / "eval" / "base" / "metrics.json")
     stage_metrics = {
@@ -321,8 +323,10 @@ def build_context(inputs: ReportInputs, out_path: Path) -> dict[str, Any]:
             f" (held-out accuracy {fmt_number(accuracy)})" if accuracy is not None else ""
         )
     return {
-        "title": f"Bruno abliteration report — {config['model']['name']}",
+        "title": f"Bruno abliteration report — {model_label}",
         "model": config["model"]["name"],
+        "model_label": model_label,
+        "safety_tuned": bool((config.get("safety_tuning") or {}).get("enabled")),
         "is_organism": is_organism,
         "config_hash": sha256_json(config),
         "config_json": json.dumps(config, indent=1, sort_keys=True, default=str),
