@@ -276,7 +276,8 @@ def teacher_forced_kl(
         model_top = lp.gather(-1, ids.to(device=lp.device, dtype=torch.long)).cpu()
         p_base = base.exp()
         kl = (p_base * (base - model_top)).sum(-1)
-        if ids.shape[-1] >= lp.shape[-1]:  # the whole vocabulary: no rest bucket (1 - sum p is float32 rounding)
+        # The whole vocabulary: no rest bucket (1 - sum p would be float32 rounding).
+        if ids.shape[-1] >= lp.shape[-1]:
             values.append(float(kl.mean()))
             continue
         tail_base = (1 - p_base.sum(-1)).clamp(min=0)
