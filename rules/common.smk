@@ -172,9 +172,15 @@ def get_evaluation_inputs(wildcards=None):
 
 
 def get_untuned_model():
-    """Input of rule safety_tune: the model as configured (organism or dequantised-GGUF directory made by a rule, a
+    """Input of the safety_tune rule, the model as configured (organism or dequantised-GGUF directory made by a rule, a
     local model directory), or nothing (hub id)."""
     return [] if MODEL_SOURCE.kind == "hub" else [UNTUNED_MODEL_PATH]
+
+
+def get_untuned_model_path(wildcards, input):
+    """params function of the safety_tune rule, where the untuned model is loaded from (its input directory, or the hub
+    id)."""
+    return str(input.model[0]) if input.model else UNTUNED_MODEL_PATH
 
 
 def get_base_model():

@@ -26,7 +26,7 @@ rule safety_tune:
             if config["safety_tuning"]["seed"] is not None
             else config["seed"]
         ),
-        model_path=UNTUNED_MODEL_PATH,
+        model_path=get_untuned_model_path,
         label=BASE_MODEL_LABEL,
     script:
         "../scripts/safety_tune.py"
