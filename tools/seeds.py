@@ -1,10 +1,14 @@
-"""Robustness of the method across refusal organisms (a measurement, not a test).
+"""Robustness of the method across seeds (a measurement, not a test).
 
-Trains the organism with several seeds and runs the default pipeline on each (directions, search, selection, baking,
-evaluation of the norm_row variant; healing off to save time), each in its own working directory under results/robustness/seed{k}/, then
-prints one row per seed and writes results/robustness/seeds.json.
+Runs a config with several seeds, one variant (default norm_row) and healing off (to save time): directions, search,
+selection, baking and evaluation, each seed in its own working directory under ROOT/seed{k}/, then prints one row per
+seed and writes ROOT/seeds.json. `--seed-key` names the config key set to each seed: `organism.seed` (default; the
+organism is trained anew, the method keeps the master seed) or `seed` (the master seed: with config/real.yaml the
+safety tuning, directions sample, search and everything else).
 
-    .venv/bin/python tools/organism_seeds.py --seeds 0 1 2 --cores 2
+    .venv/bin/python tools/seeds.py --seeds 0 1 2 --cores 2                     # organisms (config/config.yaml)
+    .venv/bin/python tools/seeds.py --config config/real.yaml --seed-key seed --seeds 0 1 \
+        --root runs/real-seeds                                                      # SmolLM2, implant + method
 """
 
 from __future__ import annotations
@@ -22,28 +26,34 @@ REPO = Path(__file__).resolve().parents[1]
 METRICS = ("refusal_rate_harmful", "refusal_rate_harmless", "kl_divergence", "mmlu_accuracy")
 
 
-def run_seed(seed: int, root: Path, cores: int, extra: list[str]) -> dict:
+def run_seed(
+    seed: int, root: Path, cores: int, extra: list[str], config_path: Path, seed_key: str, variant: str
+) -> dict:
     workdir = root / f"seed{seed}"
     (workdir / "config").mkdir(parents=True, exist_ok=True)
     if not (workdir / "data").exists():
         (workdir / "data").symlink_to(REPO / "data")
-    # The shipped default config with another organism seed, one variant (heretic's edit) and no healing.
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
-    config["organism"]["seed"] = seed
-    config["healing"]["enable_post_abliteration_finetuning"] = False
-    config["variants"] = {"norm_row": {}}
+    # The config with another seed, one variant (as the config defines it) and no healing.
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    *parents, key = seed_key.split(".")
+    section = config
+    for name in parents:
+        section = section.setdefault(name, {})
+    section[key] = seed
+    config.setdefault("healing", {})["enable_post_abliteration_finetuning"] = False
+    config["variants"] = {variant: (config.get("variants") or {}).get(variant, {})}
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     start = time.perf_counter()
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--workflow-profile", "none",
         "--cores", str(cores), "--configfile", "config/config.yaml", *extra,
-        "--", "results/eval/base/metrics.json", "results/eval/norm_row/ablated/metrics.json",
+        "--", "results/eval/base/metrics.json", f"results/eval/{variant}/ablated/metrics.json",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"seed {seed} failed:\n{result.stderr[-3000:]}")
     row: dict = {"seed": seed, "seconds": round(time.perf_counter() - start, 1)}
-    for stage in ("base", "norm_row/ablated"):
+    for stage in ("base", f"{variant}/ablated"):
         metrics = json.loads((workdir / "results" / "eval" / stage / "metrics.json").read_text())
         prefix = stage.split("/")[-1]
         for name in METRICS:
@@ -57,8 +67,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--root", type=Path, default=REPO / "results" / "robustness")
+    parser.add_argument("--config", type=Path, default=REPO / "config" / "config.yaml")
+    parser.add_argument("--seed-key", default="organism.seed", help="dotted config key set to each seed")
+    parser.add_argument("--variant", default="norm_row")
     args, extra = parser.parse_known_args()
-    rows = [run_seed(seed, args.root, args.cores, extra) for seed in args.seeds]
+    rows = [
+        run_seed(seed, args.root, args.cores, extra, args.config, args.seed_key, args.variant)
+        for seed in args.seeds
+    ]
     header = f"{'seed':>4} {'base harmful':>12} {'base harmless':>13} {'abl harmful':>11} {'abl harmless':>12} {'abl KL':>7} {'base MC':>7} {'abl MC':>6}"  # noqa: E501
     print(header)
     for r in rows:
