@@ -1,13 +1,17 @@
-"""The trial benchmark's set-up, on tiny models (correctness only; no timing is checked): the model it times for any
-model name (a GGUF dequantised once, an architecture with random weights), trial sizes read from a config's search
-section, and the defaults for large models."""
+"""The trial benchmark's set-up and its GPU script, on tiny models (correctness only; no timing is checked): the model
+it times for any model name (a GGUF dequantised once, an architecture with random weights), trial sizes read from a
+config's search section, the defaults for large models, and `tools/gpu_bench.sh --device cpu` end to end."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 import yaml
@@ -98,3 +102,38 @@ def test_a_large_model_skips_the_sweeps_and_the_search_loop_by_default(tiny_mode
     assert report["main"]["n_trials"] == 3 and report["main"]["work_trials"] == 1
     assert not {"early_stop", "no_prefix_reuse", "memory", "scaling", "parallel", "search"} & set(report)
     assert json.loads((tmp_path / "bench.json").read_text())["main"]["n_refusal_prompts"] == 2
+
+
+def test_gpu_bench_script_runs_a_short_cpu_version(tiny_model_dir, tmp_path):
+    config = tmp_path / "search.yaml"
+    config.write_text(
+        "search: {n_refusal_prompts: 3, n_kl_prompts: 2, max_new_tokens: 2, batch_size: 2}\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "PYTHON": sys.executable, "BENCH_TIMEOUT": "240"}
+    result = procs.run(
+        ["bash", str(REPO / "tools" / "gpu_bench.sh"), "--device", "cpu", "--model", str(tiny_model_dir),
+         "--config", str(config), "--out", str(tmp_path / "out"), "--",
+         "--refusal-prompts", "4", "--kl-prompts", "3", "--tokens", "2", "--workdir", str(tmp_path / "work")],
+        timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    number = r"[\d.e+-]+"
+    per_trial = (
+        rf"per trial {number} s = KL pass {number} s \+ generation {number} s \+ overhead -?{number} s \| "
+        rf"{number} trials per minute \| peak RSS \d+ MiB"
+    )
+    assert re.search(
+        rf"one evaluator: 4 refusal \+ 3 KL prompts, 2 tokens, batch 8, 1 trials \| {per_trial}", out
+    )
+    assert re.search(
+        rf"search settings of {re.escape(str(config))}: 3 refusal \+ 2 KL prompts, 2 tokens, batch 2", out
+    )
+    bounds = rf"bounds {number} s \(bandwidth\), {number} s \(roofline\); trial time {number}x the bandwidth bound, "
+    assert len(re.findall(bounds + rf"{number}x the roofline bound", out)) == 2
+    assert re.search(r"cpu \(float32\): measured [\d.]+ GB/s copy bandwidth", out)
+    assert re.search(rf"  trial 1: KL pass {number} s, generation {number} s, total {number} s", out)
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert report["search_settings"]["n_refusal_prompts"] == 3 and report["main"]["max_new_tokens"] == 2
+    assert "one evaluator: 4 refusal" in (tmp_path / "out" / "gpu_bench.log").read_text()
