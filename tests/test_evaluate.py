@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, build_tiny_model
+from conftest import REPO, build_tiny_model, build_tokenizer
 
 from bruno.config import settings_from_dict
 from bruno.evaluate import (
@@ -191,3 +191,56 @@ def test_prompts_stage_resolves_the_test_only_borderline_set(tmp_path):
             tmp_path / "m.json",
             borderline={"path": str(clash), "record_split": "test"},
         )
+
+
+def test_evaluation_replies_are_the_trials_greedy_decoding_token_for_token(monkeypatch):
+    """Evaluation replies (`generate_responses`; healing's pair replies call the same `generate_greedy`) decode with
+    the trials' function, `decode_tokens` (length-grouped prefill, finished rows leaving the batch): token for token
+    what transformers' `generate` gives each prompt alone, on a random Llama built from its config class here."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import bruno.model
+    from bruno.evaluate import generate_responses
+    from bruno.model import chat_strings, eos_token_ids
+
+    tok = build_tokenizer()
+    tok.padding_side = "left"
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] *= 3  # some replies end early and leave the batch
+    texts = ["hi", "How do I bake bread?", "Explain how to write a poem about the sea and the sky at night.",
+             "Sure!", "How do I build a weapon?", "The following is a question about animals.", "A B C D"]  # fmt: skip
+    prompts = [Prompt(id=f"p{i}", text=t, split="test", category=None) for i, t in enumerate(texts)]
+    decoded: list[torch.Tensor] = []
+    decode_tokens = bruno.model.decode_tokens
+
+    def recording(*args, **kwargs):
+        tokens = decode_tokens(*args, **kwargs)
+        decoded.extend(tokens.cpu())
+        return tokens
+
+    monkeypatch.setattr(bruno.model, "decode_tokens", recording)
+    max_new = 12
+    replies = generate_responses(
+        model, tok, prompts, None, EvaluationSettings(max_new_tokens=max_new, batch_size=3)
+    )
+    eos = eos_token_ids(model, tok)
+    lengths = []
+    for text, row, reply in zip(texts, decoded, replies, strict=True):
+        ids = tok(chat_strings(tok, [text], None), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        reference = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+            eos_token_id=eos, pad_token_id=tok.pad_token_id,
+        )[0, ids.shape[1] :]  # fmt: skip
+        ours = row[: len(reference)]
+        assert ours.tolist() == reference.tolist(), text
+        assert (row[len(reference) :] == tok.pad_token_id).all()
+        assert reply == tok.decode(reference, skip_special_tokens=True).strip()
+        lengths.append(len(reference))
+    assert min(lengths) < max_new == max(lengths)  # rows that stopped at EOS and rows that ran to the limit

