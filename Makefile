@@ -39,7 +39,7 @@ run: venv
 REAL_DIR ?= runs/real
 run-real: venv-real
 	mkdir -p $(REAL_DIR) && ln -sfn $(CURDIR)/data $(REAL_DIR)/data
-	$(BIN)/snakemake --cores $(CORES) --directory $(REAL_DIR) $(SNAKEMAKE_ARGS) --configfile config/real.yaml
+	$(BIN)/snakemake --profile profiles/cpu --cores $(CORES) --directory $(REAL_DIR) $(SNAKEMAKE_ARGS) --configfile config/real.yaml
 	@echo "Results are in $(abspath $(REAL_DIR))/results (report: $(REAL_DIR)/results/report.html)"
 
 test: venv-dev

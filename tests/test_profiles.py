@@ -18,6 +18,8 @@ from workflow_rules import REPO, dry_run, parse_rules
 PROFILES = REPO / "profiles"
 WORKSTATION = PROFILES / "workstation" / "config.v8+.yaml"
 SLURM = PROFILES / "slurm" / "config.v8+.yaml"
+CPU = PROFILES / "cpu" / "config.v8+.yaml"
+REAL = REPO / "config" / "real.yaml"
 EXAMPLE = REPO / "config" / "examples" / "qwen2.5-7b-instruct-24gb.yaml"
 RULES = parse_rules()
 GPU_RULES = sorted(name for name, rule in RULES.items() if rule.resources.get("gpu", "0") != "0")
@@ -28,15 +30,15 @@ def load(path: Path) -> dict:
 
 
 def test_profiles_are_named_for_snakemake_8_and_9_and_none_is_auto_applied():
-    assert WORKSTATION.is_file() and SLURM.is_file()
+    assert WORKSTATION.is_file() and SLURM.is_file() and CPU.is_file()
     assert not (PROFILES / "default").exists(), (
         "profiles/default/ would be applied to every run automatically"
     )
-    for folder in (WORKSTATION.parent, SLURM.parent):
+    for folder in (WORKSTATION.parent, SLURM.parent, CPU.parent):
         assert [p.name for p in folder.iterdir()] == ["config.v8+.yaml"], "one profile file per folder"
 
 
-@pytest.mark.parametrize("path", [WORKSTATION, SLURM], ids=["workstation", "slurm"])
+@pytest.mark.parametrize("path", [WORKSTATION, SLURM, CPU], ids=["workstation", "slurm", "cpu"])
 def test_every_entry_is_commented(path: Path):
     previous = ""
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -86,6 +88,31 @@ def test_workstation_profile_dry_run_without_conda(tmp_path: Path):
     assert run.jobs["total"] > 1
     directions = run.resources("directions")[0]
     assert directions["gpu"] == "1"
+
+
+def _job_threads(run, rule: str) -> list[int]:
+    """Threads of every planned job of `rule` (a dry run prints `threads:` only when it is above 1)."""
+    found = []
+    for block in run.blocks.get(rule, []):
+        match = re.search(r"^\s*threads: (\d+)$", block, flags=re.MULTILINE)
+        found.append(int(match[1]) if match else 1)
+    return found
+
+
+def test_cpu_profile_runs_model_jobs_one_thread_each_but_the_search(tmp_path: Path):
+    """The real-model config under the CPU profile on 2 cores: evaluations, healing and directions take one thread
+    each (two run at once), the search keeps both cores for its own trial workers."""
+    profile = load(CPU)
+    assert profile["cores"] == "all" and "software-deployment-method" not in profile
+    unknown = sorted(set(profile["set-threads"]) - set(RULES))
+    assert not unknown, f"set-threads names rules that do not exist: {unknown}"
+    (tmp_path / "data").symlink_to(REPO / "data")
+    run = dry_run(tmp_path, "--profile", str(CPU), "--cores", "2", "--configfile", str(REAL))
+    for rule in ("directions", "abliterate", "evaluate_base", "evaluate_stage", "heal"):
+        assert run.jobs.get(rule), f"{rule} is not planned"
+        assert _job_threads(run, rule) == [1] * run.jobs[rule], rule
+    assert _job_threads(run, "optimize") == [2] * run.jobs["optimize"]
+    assert _job_threads(run, "safety_tune") == [2]
 
 
 def test_slurm_profile_settings():
