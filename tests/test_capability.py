@@ -28,13 +28,7 @@ from bruno.model import ModelSettings, load_model
 SHIPPED = {"path": str(REPO / "data/eval/multiple_choice.jsonl"), "record_split": "test"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two OpenMP threads can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def questions(n: int = 8) -> list[MCQuestion]:

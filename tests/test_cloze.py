@@ -19,12 +19,7 @@ from bruno.model import ModelSettings, load_model
 GENERAL = {"path": str(REPO / "data/eval/general_knowledge_mc.jsonl"), "record_split": "test"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def questions() -> list[MCQuestion]:

@@ -26,12 +26,7 @@ FIGURES = ("refusal_rate_harmful", "refusal_rate_harmless", "refusal_rate_border
            "kl_divergence_teacher_forced", "mmlu_accuracy", "hallucination_score", "hallucination_rate")  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_inputs(tmp_path):

@@ -17,14 +17,7 @@ from bruno.hallucination import (
 )
 from bruno.model import ModelSettings, encode, generate_greedy, load_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two OpenMP threads can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ from bruno.refusal_neural import (
 LABELS = REPO / "data/eval/refusal_labels.jsonl"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,7 @@ THINKS_FINE_ANSWERS_SORRY = {END: "<think>", "<think>": " fine", " fine": "</thi
 PLAIN = {END: "Here", "Here": EOS, "</think>": "Sure", "Sure": " here", " here": EOS}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rigged(transitions: dict[str, str]):
