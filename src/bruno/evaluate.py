@@ -11,7 +11,7 @@ job puts together.
 - Capability (`bruno.capability`) and hallucination (`bruno.hallucination`) rows and summaries.
 
 Every figure in metrics.json is `{"value", "n", "ci95": [lo, hi], ...}`: rates with a Wilson interval, means with a
-normal interval over items.
+seeded percentile-bootstrap interval over items (`bruno.stats`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Stage `report`: the self-contained HTML comparison report across variants -> results/report.html.
 
-It reads the results tree (see DESIGN.md, "Results layout"), so every file it shows is an input of the rule; parts of
-the pipeline that are disabled (healing, concept cones, the A/B summary, hallucination …) are stated as such on the page.
+It reads the results tree (docs/architecture.md, "Results layout, in full"), so every file it shows is an input of
+the rule; parts of the pipeline that are disabled (healing, concept cones, the A/B summary, hallucination …) are
+stated as such on the page.
 """
 
 from __future__ import annotations
