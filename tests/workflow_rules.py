@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
 ACTIONS = ("script", "shell", "run", "notebook", "wrapper", "cwl", "template_engine")
 
-_RULE = re.compile(r"^(?:rule|checkpoint)\s+(\w+)\s*:", re.MULTILINE)
+# `rule x:` and `use rule base as x with:` (x takes base's directives, the ones after `with:` replaced)
+_RULE = re.compile(
+    r"^(?:(?:rule|checkpoint)\s+(\w+)|use\s+rule\s+(\w+)\s+as\s+(\w+)\s+with)\s*:", re.MULTILINE
+)
 _DIRECTIVE = re.compile(r"^    (\w+):\s*(.*)$")
 _RESOURCE = re.compile(r"^\s+(\w+)\s*=\s*([^,]+),?\s*$")
 
@@ -28,6 +31,8 @@ class Rule:
     name: str
     file: Path
     directives: dict[str, list[str]] = field(default_factory=dict)
+    base: str | None = None  # the rule a `use rule ... with:` rule is made from
+    own: set[str] = field(default_factory=set)  # directives written in this rule's own block
 
     @property
     def conda(self) -> Path | None:
@@ -56,22 +61,23 @@ def parse_rules(files: list[Path] = RULE_FILES) -> dict[str, Rule]:
     rules: dict[str, Rule] = {}
     for path in files:
         text = path.read_text(encoding="utf-8")
-        starts = [(m.start(), m[1]) for m in _RULE.finditer(text)]
-        for index, (start, name) in enumerate(starts):
+        starts = [(m.start(), m[1] or m[3], m[2]) for m in _RULE.finditer(text)]
+        for index, (start, name, base) in enumerate(starts):
             end = starts[index + 1][0] if index + 1 < len(starts) else len(text)
-            rule = Rule(name, path)
+            own: dict[str, list[str]] = {}
             current: list[str] | None = None
             for line in text[start:end].splitlines()[1:]:
                 if line and not line[0].isspace():
                     break  # back at top level: the rule ended
                 directive = _DIRECTIVE.match(line)
                 if directive:
-                    current = rule.directives.setdefault(directive[1], [])
+                    current = own.setdefault(directive[1], [])
                     if directive[2]:
                         current.append(directive[2])
                 elif current is not None and line.strip():
                     current.append(line.strip())
-            rules[name] = rule
+            inherited = dict(rules[base].directives) if base else {}
+            rules[name] = Rule(name, path, {**inherited, **own}, base, set(own))
     return rules
 
 
