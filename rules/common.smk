@@ -190,7 +190,7 @@ def get_evaluation_settings():
 
 
 def get_directions_refusal_markers(wildcards):
-    """params function of rule directions: the refusal markers, which the job reads only to find the train prompts
+    """params function of the directions rule: the refusal markers, which the job reads only to find the train prompts
     the model refuses for CAA (directions.use_caa); None for a variant without CAA."""
     if VARIANTS[wildcards.variant]["directions"]["use_caa"]:
         return config["evaluation"]["refusal_markers"]
@@ -277,7 +277,7 @@ def get_ab_runs():
 
 
 def get_ab_settings():
-    """params of rule ab_summary: the edit settings its table shows, per variant instance."""
+    """params of the ab_summary rule: the edit settings its table shows per variant instance."""
     return {
         instance: {
             key: VARIANTS[instance]["abliteration"][key]
