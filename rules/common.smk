@@ -171,6 +171,32 @@ def get_evaluation_inputs(wildcards=None):
     return inputs
 
 
+def get_evaluation_settings():
+    """params of the evaluate rules: the evaluation section without what the evaluation job does not read. That is
+    `borderline` (rule `prompts` resolves it; its test file is an input) and the settings of a disabled capability or
+    hallucination evaluation (kept: `enabled`, and the capability `scoring`, which names the columns of its empty
+    CSV)."""
+    evaluation = {
+        key: value for key, value in config["evaluation"].items() if key != "borderline"
+    }
+    if not evaluation["mmlu"]["enabled"]:
+        evaluation["mmlu"] = {
+            "enabled": False,
+            "scoring": evaluation["mmlu"]["scoring"],
+        }
+    if not evaluation["hallucination"]["enabled"]:
+        evaluation["hallucination"] = {"enabled": False}
+    return evaluation
+
+
+def get_directions_refusal_markers(wildcards):
+    """params function of the directions rule: the refusal markers, which the job reads only to find the train prompts
+    the model refuses for CAA (directions.use_caa); None for a variant without CAA."""
+    if VARIANTS[wildcards.variant]["directions"]["use_caa"]:
+        return config["evaluation"]["refusal_markers"]
+    return None
+
+
 def get_untuned_model():
     """Input of the safety_tune rule, the model as configured (organism or dequantised-GGUF directory made by a rule, a
     local model directory), or nothing (hub id)."""
@@ -250,6 +276,17 @@ def get_ab_runs():
     ]
 
 
+def get_ab_settings():
+    """params of the ab_summary rule: the edit settings its table shows per variant instance."""
+    return {
+        instance: {
+            key: VARIANTS[instance]["abliteration"][key]
+            for key in ("norm_preservation", "biprojected")
+        }
+        for instance in VARIANTS
+    }
+
+
 def get_report_inputs(wildcards=None):
     """Every file the report reads. Replicate instances enter only through the A/B summary."""
     shown = [v for v in VARIANTS if REPLICATE_OF[v][1] == 0]
@@ -277,6 +314,58 @@ def get_report_inputs(wildcards=None):
     }
 
 
+# What the search reads of the evaluation section (bruno.jobs.optimize.extra_objectives): for each extra objective, by
+# its search switch, the evaluation subsection that holds its questions and the keys of it the objective uses. The
+# rest of the section (the test-set generation, detectors, sample counts) is the evaluation's alone.
+SEARCH_OBJECTIVE_SETTINGS = {
+    "use_hallucination_detection": (
+        "hallucination",
+        ["source", "embedding_model", "temperature", "max_new_tokens"],
+    ),
+    "use_capability_objective": (
+        "mmlu",
+        ["source", "mmlu_categories", "use_chat_template", "batch_size", "scoring"],
+    ),
+}
+
+
+def search_objective_sections(variant):
+    """{evaluation subsection: the keys of it the search uses} for the variant's enabled extra objectives."""
+    search = VARIANTS[variant]["search"]
+    return {
+        section: keys
+        for switch, (section, keys) in SEARCH_OBJECTIVE_SETTINGS.items()
+        if search[switch]
+    }
+
+
+def get_search_evaluation(wildcards):
+    """params function of the search rules: the evaluation settings the variant's search reads, in the shape of the
+    evaluation section (empty without extra objectives). An evaluation-only edit, such as evaluation.max_new_tokens,
+    leaves every search alone."""
+    evaluation = config["evaluation"]
+    return {
+        section: {key: evaluation[section][key] for key in keys}
+        for section, keys in search_objective_sections(wildcards.variant).items()
+    }
+
+
+def get_search_inputs(wildcards):
+    """What a search job reads: the base model, the variant's directions, the val prompts, and the question file of
+    each enabled extra objective (its val split)."""
+    inputs = {
+        "model": get_base_model(),
+        "directions": f"results/{wildcards.variant}/directions.pt",
+        "harmful": prompt_file("harmful", "val"),
+        "harmless": prompt_file("harmless", "val"),
+    }
+    for section in search_objective_sections(wildcards.variant):
+        source = config["evaluation"][section]["source"]
+        if "path" in source:
+            inputs[f"{section}_questions"] = source["path"]
+    return inputs
+
+
 def get_optimize_inputs(wildcards):
     """One worker: the search inputs. Several: the workers' sentinels (the job only writes the snapshot)."""
     workers = VARIANTS[wildcards.variant]["search"]["optimize_workers"]
@@ -288,12 +377,7 @@ def get_optimize_inputs(wildcards):
                 worker=range(workers),
             )
         }
-    return {
-        "model": get_base_model(),
-        "directions": f"results/{wildcards.variant}/directions.pt",
-        "harmful": prompt_file("harmful", "val"),
-        "harmless": prompt_file("harmless", "val"),
-    }
+    return get_search_inputs(wildcards)
 
 
 def optimize_gpus(wildcards):

@@ -20,7 +20,7 @@ rule directions:
         model_path=get_model_path,
         model=config["model"],
         directions=variant_section("directions"),
-        refusal_markers=config["evaluation"]["refusal_markers"],
+        refusal_markers=get_directions_refusal_markers,
         seed=variant_seed,
     script:
         "../scripts/directions.py"

@@ -32,7 +32,7 @@ rule evaluate_base:
     params:
         model_path=get_model_path,
         model=config["model"],
-        evaluation=config["evaluation"],
+        evaluation=get_evaluation_settings(),
         seed=config["seed"],
     script:
         "../scripts/evaluate.py"
@@ -68,7 +68,7 @@ rule evaluate_stage:
         gpu=1,
     params:
         model=config["model"],
-        evaluation=config["evaluation"],
+        evaluation=get_evaluation_settings(),
         seed=config["seed"],
     script:
         "../scripts/evaluate.py"

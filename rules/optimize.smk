@@ -1,73 +1,8 @@
 # The search, on a journal-file study (results/{variant}/optuna/journal.log). With search.optimize_workers = 1 the
 # `optimize` job runs the whole study and writes the SQLite snapshot study.db. With N > 1, `init_study` creates the
 # study once, N `optimize_worker` jobs share it (e.g. one GPU job each on a cluster), and `optimize` only writes the
-# snapshot. The working study is never an `output:`, so a failed or
-# killed job never deletes its trials: rerunning resumes it.
-
-
-rule init_study:
-    input:
-        model=get_base_model(),
-        directions="results/{variant}/directions.pt",
-        harmful=prompt_file("harmful", "val"),
-        harmless=prompt_file("harmless", "val"),
-    output:
-        touch("results/{variant}/optuna/init.done"),
-    log:
-        "logs/init_study/{variant}.log",
-    benchmark:
-        "benchmarks/init_study/{variant}.tsv"
-    conda:
-        "../envs/bruno.yaml"
-    threads: MODEL_JOB_THREADS
-    resources:
-        mem_mb=8000,
-        runtime=30,
-        gpu=1,
-    params:
-        journal="results/{variant}/optuna/journal.log",
-        model_path=get_model_path,
-        model=config["model"],
-        search=variant_section("search"),
-        abliteration=variant_section("abliteration"),
-        refusal_markers=config["evaluation"]["refusal_markers"],
-        evaluation=config["evaluation"],
-        seed=variant_seed,
-    script:
-        "../scripts/optimize.py"
-
-
-rule optimize_worker:
-    input:
-        init="results/{variant}/optuna/init.done",
-        model=get_base_model(),
-        directions="results/{variant}/directions.pt",
-        harmful=prompt_file("harmful", "val"),
-        harmless=prompt_file("harmless", "val"),
-    output:
-        touch("results/{variant}/optuna/worker{worker}.done"),
-    log:
-        "logs/optimize_worker/{variant}_{worker}.log",
-    benchmark:
-        "benchmarks/optimize_worker/{variant}_{worker}.tsv"
-    conda:
-        "../envs/bruno.yaml"
-    threads: MODEL_JOB_THREADS
-    resources:
-        mem_mb=8000,
-        runtime=720,
-        gpu=1,
-    params:
-        journal="results/{variant}/optuna/journal.log",
-        model_path=get_model_path,
-        model=config["model"],
-        search=variant_section("search"),
-        abliteration=variant_section("abliteration"),
-        refusal_markers=config["evaluation"]["refusal_markers"],
-        evaluation=config["evaluation"],
-        seed=variant_seed,
-    script:
-        "../scripts/optimize.py"
+# snapshot: one job (its params, script and threads) on other inputs and outputs, hence `use rule optimize`. The working
+# study is never an `output:`, so a failed or killed job never deletes its trials: rerunning resumes it.
 
 
 rule optimize:
@@ -93,10 +28,41 @@ rule optimize:
         search=variant_section("search"),
         abliteration=variant_section("abliteration"),
         refusal_markers=config["evaluation"]["refusal_markers"],
-        evaluation=config["evaluation"],
+        evaluation=get_search_evaluation,
         seed=variant_seed,
     script:
         "../scripts/optimize.py"
+
+
+use rule optimize as init_study with:
+    input:
+        unpack(get_search_inputs),
+    output:
+        touch("results/{variant}/optuna/init.done"),
+    log:
+        "logs/init_study/{variant}.log",
+    benchmark:
+        "benchmarks/init_study/{variant}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+        gpu=1,
+
+
+use rule optimize as optimize_worker with:
+    input:
+        unpack(get_search_inputs),
+        init="results/{variant}/optuna/init.done",
+    output:
+        touch("results/{variant}/optuna/worker{worker}.done"),
+    log:
+        "logs/optimize_worker/{variant}_{worker}.log",
+    benchmark:
+        "benchmarks/optimize_worker/{variant}_{worker}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=720,
+        gpu=1,
 
 
 rule select:

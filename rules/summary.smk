@@ -21,6 +21,6 @@ rule ab_summary:
         "../envs/bruno.yaml"
     params:
         runs=get_ab_runs(),
-        settings={variant: VARIANTS[variant]["abliteration"] for variant in VARIANTS},
+        settings=get_ab_settings(),
     script:
         "../scripts/ab_summary.py"

@@ -26,6 +26,7 @@ def main(snakemake, log):
         settings=settings,
         abliteration=settings_from_dict(AbliterationSettings, snakemake.params.abliteration, "abliteration"),
         refusal_markers=snakemake.params.refusal_markers,
+        # only the keys of the enabled extra objectives (rules/common.smk: get_search_evaluation)
         evaluation=settings_from_dict(EvaluationSettings, snakemake.params.evaluation, "evaluation"),
         seed=snakemake.params.seed,
         parallel=snakemake.rule != "init_study",  # creating the study scores no trials

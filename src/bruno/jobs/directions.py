@@ -169,10 +169,11 @@ def run(
     harmful_path: str | Path,
     harmless_path: str | Path,
     settings: Mapping[str, Any],
-    refusal_markers: list[str],
+    refusal_markers: list[str] | None,
     seed: int,
     out_path: str | Path,
 ) -> dict[str, Any]:
+    """Compute and save the variant's directions; `refusal_markers` are read only with `use_caa` (else None)."""
     if Path(model_path).is_dir():
         check_model_dir(model_path)  # an unsupported family stops here, before the weights are read
     model, tokenizer = load_model(model_path, model_settings)

@@ -97,7 +97,10 @@ def extra_objectives(
     seed: int,
     response_format: ResponseFormat = DEFAULT_FORMAT,
 ) -> dict[str, Any]:
-    """Callables of the (hooked) model for the enabled extra objectives, on validation questions only."""
+    """Callables of the (hooked) model for the enabled extra objectives, on validation questions only.
+
+    The search rules pass only the `evaluation` keys read here (rules/common.smk, SEARCH_OBJECTIVE_SETTINGS); any
+    other key has its default, so a key newly read here must be added there."""
     objectives: dict[str, Any] = {}
     if not (settings.use_hallucination_detection or settings.use_capability_objective):
         return objectives
