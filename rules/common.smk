@@ -16,6 +16,7 @@ from bruno.config import (
     deep_merge,
     expand_replicates,
     resolve_variants,
+    stage_seed,
     validate_config,
 )
 from bruno.errors import BrunoError
@@ -136,8 +137,7 @@ def variant_section(section):
 
 
 def variant_seed(wildcards):
-    search = VARIANTS[wildcards.variant]["search"]
-    return search["seed"] if search["seed"] is not None else config["seed"]
+    return stage_seed(VARIANTS[wildcards.variant]["search"]["seed"], config["seed"])
 
 
 def get_prompt_sources(wildcards=None):

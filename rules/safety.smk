@@ -21,11 +21,7 @@ rule safety_tune:
         runtime=60,
     params:
         settings=config["safety_tuning"],
-        seed=(
-            config["safety_tuning"]["seed"]
-            if config["safety_tuning"]["seed"] is not None
-            else config["seed"]
-        ),
+        seed=stage_seed(config["safety_tuning"]["seed"], config["seed"]),
         model_path=get_untuned_model_path,
         label=BASE_MODEL_LABEL,
     script:

@@ -7,6 +7,7 @@ from bruno.runtime import run_job
 
 def main(snakemake, log):
     from bruno.config import settings_from_dict
+    from bruno.directions import DirectionSettings
     from bruno.jobs.directions import run
     from bruno.model import ModelSettings
 
@@ -15,7 +16,7 @@ def main(snakemake, log):
         model_settings=settings_from_dict(ModelSettings, snakemake.params.model, "model"),
         harmful_path=snakemake.input.harmful,
         harmless_path=snakemake.input.harmless,
-        settings=snakemake.params.directions,
+        settings=settings_from_dict(DirectionSettings, snakemake.params.directions, "directions"),
         refusal_markers=snakemake.params.refusal_markers,
         seed=snakemake.params.seed,
         out_path=snakemake.output[0],

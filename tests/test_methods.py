@@ -16,6 +16,7 @@ from bruno.direction_methods import (
     ensemble,
     probe_directions,
 )
+from bruno.directions import DirectionSettings
 from bruno.jobs.directions import compute
 from bruno.plan import AblationParams, ComponentKernel, DirectionSet, EditTargets, biproject, build_edits
 from bruno.search import PRESETS, SearchSettings, SearchSpace, preset_values, warm_start_values
@@ -138,15 +139,15 @@ def test_directions_compute_applies_projection_to_every_set_and_records_fallback
     a, b = unit(40), unit(41)
     harmful = torch.cat([planted(30, a, 3.0, 42), planted(30, b, 3.0, 43)]) + 2.0 * unit(44)
     harmless = planted(40, torch.zeros(D), 0.0, 45) + 2.0 * unit(44)
-    settings = {
-        "direction_method": "ensemble_probe_pca", "orthogonalize_direction": True, "n_refusal_directions": 2,
-        "pca_alpha": 1.0, "eigenvalue_weight_method": "softmax", "eigenvalue_weight_temperature": 1.0,
-        "ensemble_weight_probe": 0.7, "ensemble_weight_pca": 0.3, "use_concept_cones": True, "n_concept_cones": 2,
-        "min_cone_size": 5, "directions_per_cone": 2, "min_silhouette_score": 0.1, "cone_layer_fraction": None,
-        "use_caa": True, "caa_min_examples": 5, "caa_max_overlap": 0.5, "caa_addition_strength": 0.3,
-        "use_activation_calibration": True, "activation_target_percentile": 0.75, "activation_calibration_layer_frac": 0.6,
-        "activation_calibration_min_factor": 0.5, "activation_calibration_max_factor": 2.0,
-    }  # fmt: skip
+    settings = DirectionSettings(
+        direction_method="ensemble_probe_pca", orthogonalize_direction=True, n_refusal_directions=2,
+        pca_alpha=1.0, eigenvalue_weight_method="softmax", eigenvalue_weight_temperature=1.0,
+        ensemble_weight_probe=0.7, ensemble_weight_pca=0.3, use_concept_cones=True, n_concept_cones=2,
+        min_cone_size=5, directions_per_cone=2, min_silhouette_score=0.1, cone_layer_fraction=None,
+        use_caa=True, caa_min_examples=5, caa_max_overlap=0.5, caa_addition_strength=0.3,
+        use_activation_calibration=True, activation_target_percentile=0.75, activation_calibration_layer_frac=0.6,
+        activation_calibration_min_factor=0.5, activation_calibration_max_factor=2.0,
+    )  # fmt: skip
     tensors, meta = compute(harmful, harmless, ["w"] * 30 + ["f"] * 30, settings, seed=0, refused=[True] * 60)
     mean_unit = torch.nn.functional.normalize(tensors["harmless_mean"], dim=-1)
     for key in ("directions", "extra_directions", "cone_directions"):
@@ -164,13 +165,13 @@ def test_cones_with_more_directions_than_pca_components_load(method):
     a, b = unit(40), unit(41)
     harmful = torch.cat([planted(30, a, 3.0, 42), planted(30, b, 3.0, 43)]) + 2.0 * unit(44)
     harmless = planted(40, torch.zeros(D), 0.0, 45) + 2.0 * unit(44)
-    settings = {
-        "direction_method": method, "orthogonalize_direction": True, "n_refusal_directions": 1,
-        "pca_alpha": 1.0, "eigenvalue_weight_method": "softmax", "eigenvalue_weight_temperature": 1.0,
-        "ensemble_weight_probe": 0.7, "ensemble_weight_pca": 0.3, "use_concept_cones": True, "n_concept_cones": 2,
-        "min_cone_size": 5, "directions_per_cone": 2, "min_silhouette_score": 0.1, "cone_layer_fraction": None,
-        "use_caa": False, "use_activation_calibration": False,
-    }  # fmt: skip
+    settings = DirectionSettings(
+        direction_method=method, orthogonalize_direction=True, n_refusal_directions=1,
+        pca_alpha=1.0, eigenvalue_weight_method="softmax", eigenvalue_weight_temperature=1.0,
+        ensemble_weight_probe=0.7, ensemble_weight_pca=0.3, use_concept_cones=True, n_concept_cones=2,
+        min_cone_size=5, directions_per_cone=2, min_silhouette_score=0.1, cone_layer_fraction=None,
+        use_caa=False, use_activation_calibration=False,
+    )  # fmt: skip
     tensors, meta = compute(harmful, harmless, ["w"] * 30 + ["f"] * 30, settings, seed=0)
     assert meta["concept_cones"]["status"] == "used"
     assert tensors["cone_direction_weights"].shape == (2,)

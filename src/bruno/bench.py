@@ -221,7 +221,7 @@ def time_search(
     longer than refusals."""
     import optuna
 
-    from bruno.config import load_config, resolve_variants, settings_from_dict
+    from bruno.config import load_config, resolve_variants, settings_from_dict, stage_seed
     from bruno.jobs import optimize
     from bruno.plan import AbliterationSettings
 
@@ -232,7 +232,7 @@ def time_search(
         n_trials=n_trials,
         parallel_trials=parallel_trials,
     )
-    seed = config["search"]["seed"] if config["search"].get("seed") is not None else config["seed"]
+    seed = stage_seed(config["search"]["seed"], config["seed"])
     ctx = optimize.prepare(
         model_path=model_path,
         model_settings=settings_from_dict(ModelSettings, config["model"], "model"),

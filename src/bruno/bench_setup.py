@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import yaml
 
-from bruno.config import SCHEMA_PATH
+from bruno.config import schema_default
 from bruno.errors import BrunoError
 from bruno.io import atomic_directory, sha256_bytes, sha256_file
 
@@ -91,8 +91,7 @@ def search_sizes(config_path: str | Path) -> dict[str, Any]:
         raise BrunoError(f"bruno.bench --search-settings: config file not found: {path}")
     config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     search = config.get("search") or {}
-    schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))["properties"]["search"]["properties"]
-    return {key: search.get(key, schema[key]["default"]) for key in SEARCH_SIZE_KEYS}
+    return {key: search.get(key, schema_default("search", key)) for key in SEARCH_SIZE_KEYS}
 
 
 def large_model(tokenizer_source: str | Path, path: Path, hidden: int = 1024, layers: int = 24) -> Path:

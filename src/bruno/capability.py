@@ -20,20 +20,20 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from bruno.config import schema_defaults
 from bruno.errors import BrunoError
 from bruno.model import Batch, left_padded, model_device, next_token_logits
 
 log = logging.getLogger(__name__)
 
 LETTERS = ("A", "B", "C", "D")
-DEFAULT_CATEGORIES = ("abstract_algebra", "high_school_physics", "professional_law")
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,21 @@ class MCQuestion:
     answer: str  # gold letter A-D
 
 
+_default = schema_defaults("evaluation.mmlu")
+
+
 @dataclass(frozen=True)
 class MMLUSettings:
-    enabled: bool = True
-    source: dict[str, Any] = field(default_factory=lambda: {"dataset": "cais/mmlu", "split": "test"})
-    few_shot_split: str = "dev"
-    mmlu_categories: list[str] | None = field(default_factory=lambda: list(DEFAULT_CATEGORIES))
-    mmlu_samples_per_category: int | None = 100
-    mmlu_few_shot: int = 0
-    use_chat_template: bool = True
-    task_label: str | None = None
-    batch_size: int = 16
-    scoring: str = "letter"  # "letter" (this module) or "cloze" (bruno.cloze)
+    enabled: bool = _default("enabled")
+    source: dict[str, Any] = _default("source")
+    few_shot_split: str = _default("few_shot_split")
+    mmlu_categories: list[str] | None = _default("mmlu_categories")
+    mmlu_samples_per_category: int | None = _default("mmlu_samples_per_category")
+    mmlu_few_shot: int = _default("mmlu_few_shot")
+    use_chat_template: bool = _default("use_chat_template")
+    task_label: str | None = _default("task_label")
+    batch_size: int = _default("batch_size")
+    scoring: str = _default("scoring")  # "letter" (this module) or "cloze" (bruno.cloze)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,16 +1,19 @@
 """Configuration: schema validation with defaults, variant resolution, and typed settings built from config sections.
 
 The config is data: `config/schema.yaml` (JSON Schema, draft 2020-12, `additionalProperties: false`, a default for every
-setting) is the single source of truth for names, types, ranges and defaults. A variant is a name mapped to overrides
-that are deep-merged onto the base config; only the sections that do not change what is evaluated as "base" may be
-overridden, so base evaluations can be shared by all variants.
+setting) is the single source of truth for names, types, ranges and defaults: the typed settings dataclasses take their
+defaults from it (`schema_defaults`), and tests/test_settings_schema.py checks their names and types against it. A
+variant is a name mapped to overrides that are deep-merged onto the base config; only the sections that do not change
+what is evaluated as "base" may be overridden, so base evaluations can be shared by all variants. `stage_seed` is the
+one place a stage's seed is derived from the master seed.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +45,51 @@ def _load_schema(schema_path: str | Path | None) -> dict[str, Any]:
     path = Path(schema_path) if schema_path else SCHEMA_PATH
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
+
+
+@functools.cache
+def _shipped_schema() -> dict[str, Any]:
+    # Read once per process; callers get deep copies of what they take from it, so it is never mutated.
+    return _load_schema(SCHEMA_PATH)
+
+
+def _section_schema(section: str) -> dict[str, Any]:
+    node = _shipped_schema()
+    for part in section.split("."):
+        try:
+            node = node["properties"][part]
+        except KeyError:
+            raise BrunoError(f"config/schema.yaml has no section '{section}'.") from None
+    return node
+
+
+def schema_default(section: str, key: str) -> Any:
+    """config/schema.yaml's default of `section.key` (a dotted section such as 'evaluation.mmlu'), as a fresh copy."""
+    properties = _section_schema(section).get("properties", {})
+    if key not in properties or "default" not in properties[key]:
+        raise BrunoError(
+            f"config/schema.yaml: no default for '{section}.{key}'; add the key with a `default:` to the schema."
+        )
+    return copy.deepcopy(properties[key]["default"])
+
+
+def schema_defaults(section: str) -> Callable[[str], Any]:
+    """Field maker for the settings dataclass of `section`: `batch_size: int = default("batch_size")` gives the field
+    the schema's default (mutable defaults through a factory, so instances never share one list or dict)."""
+
+    def default(key: str) -> Any:
+        value = schema_default(section, key)
+        if isinstance(value, (list, dict)):
+            return dataclasses.field(default_factory=functools.partial(schema_default, section, key))
+        return dataclasses.field(default=value)
+
+    return default
+
+
+def stage_seed(section_seed: int | None, master_seed: int, replicate: int = 0) -> int:
+    """The seed of a stage (search, healing, safety tuning): its section's own `seed`, or the master seed when that
+    is null; replicate k of a variant adds k. The only place a stage seed is derived (rules, jobs, report, bench)."""
+    return (master_seed if section_seed is None else section_seed) + replicate
 
 
 def _describe(error: Any) -> str:
@@ -136,8 +184,7 @@ def expand_replicates(
             merged = copy.deepcopy(variants[name])
             for section in ("search", "healing"):
                 if section in merged:
-                    base = merged[section].get("seed")
-                    merged[section]["seed"] = (seed if base is None else base) + k
+                    merged[section]["seed"] = stage_seed(merged[section].get("seed"), seed, k)
             variants[instance] = merged
             origin[instance] = (name, k)
     return origin

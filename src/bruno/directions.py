@@ -6,23 +6,64 @@ direction" is row i+1 and a float `direction_index` i interpolates rows floor(i)
 layer's normalised harmless mean and renormalises.
 
 `directions.pt` is a dict of plain tensors plus JSON-like metadata, always read with `torch.load(weights_only=True)`.
+`DirectionSettings` is the `directions` config section that the directions job computes them by.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from bruno.config import schema_defaults
 from bruno.errors import BrunoError
 from bruno.io import atomic_path
 from bruno.model import Batch, last_token_residuals
 
 FORMAT_VERSION = 1
+
+_default = schema_defaults("directions")
+
+
+@dataclass(frozen=True)
+class DirectionSettings:
+    """The `directions` config section; meanings and defaults in config/schema.yaml."""
+
+    orthogonalize_direction: bool = _default("orthogonalize_direction")
+    n_train_prompts: int | None = _default("n_train_prompts")
+    direction_method: str = _default("direction_method")
+    # Contrastive PCA (pca, ensemble_probe_pca).
+    n_refusal_directions: int = _default("n_refusal_directions")
+    pca_alpha: float = _default("pca_alpha")
+    eigenvalue_weight_method: str = _default("eigenvalue_weight_method")
+    eigenvalue_weight_temperature: float = _default("eigenvalue_weight_temperature")
+    ensemble_weight_probe: float = _default("ensemble_weight_probe")
+    ensemble_weight_pca: float = _default("ensemble_weight_pca")
+    # Concept cones.
+    use_concept_cones: bool = _default("use_concept_cones")
+    n_concept_cones: int = _default("n_concept_cones")
+    min_cone_size: int = _default("min_cone_size")
+    directions_per_cone: int = _default("directions_per_cone")
+    min_silhouette_score: float = _default("min_silhouette_score")
+    cone_layer_fraction: float | None = _default("cone_layer_fraction")
+    cone_weighting: str = _default("cone_weighting")
+    # Contrastive activation addition.
+    use_caa: bool = _default("use_caa")
+    caa_addition_strength: float = _default("caa_addition_strength")
+    caa_max_overlap: float = _default("caa_max_overlap")
+    caa_min_examples: int = _default("caa_min_examples")
+    caa_max_new_tokens: int = _default("caa_max_new_tokens")
+    # Activation calibration.
+    use_activation_calibration: bool = _default("use_activation_calibration")
+    activation_target_percentile: float = _default("activation_target_percentile")
+    activation_calibration_layer_frac: float = _default("activation_calibration_layer_frac")
+    activation_calibration_min_factor: float = _default("activation_calibration_min_factor")
+    activation_calibration_max_factor: float = _default("activation_calibration_max_factor")
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

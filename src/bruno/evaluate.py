@@ -17,14 +17,14 @@ seeded percentile-bootstrap interval over items (`bruno.stats`).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from bruno.capability import MMLUResult, MMLUSettings
-from bruno.config import settings_from_dict
+from bruno.config import schema_defaults, settings_from_dict
 from bruno.hallucination import HallucinationResult, HallucinationSettings
 from bruno.model import (
     Batch,
@@ -38,9 +38,6 @@ from bruno.model import (
 )
 from bruno.prompts import Prompt
 from bruno.refusal import (
-    DEFAULT_EVASIVE_PATTERNS,
-    DEFAULT_REFUSAL_MARKERS,
-    DEFAULT_SOFT_REFUSAL_MARKERS,
     DetectorSettings,
     MarkerDetector,
     NeuralDetectorSettings,
@@ -49,23 +46,25 @@ from bruno.refusal import (
 from bruno.stats import mean_metric, rate_metric
 from bruno.thinking import DEFAULT_FORMAT, ResponseFormat
 
+_default = schema_defaults("evaluation")
+
 
 @dataclass(frozen=True)
 class EvaluationSettings:
     """The `evaluation` config section (see config/schema.yaml for every key)."""
 
-    max_new_tokens: int = 100
-    batch_size: int = 32
-    refusal_markers: list[str] = field(default_factory=lambda: list(DEFAULT_REFUSAL_MARKERS))
-    refusal_detection_mode: str = "hybrid"
-    soft_refusal_markers: list[str] = field(default_factory=lambda: list(DEFAULT_SOFT_REFUSAL_MARKERS))
-    evasive_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_EVASIVE_PATTERNS))
-    neural_detector: dict[str, Any] = field(default_factory=dict)
-    borderline: dict[str, Any] | None = None
-    kl_teacher_forced_tokens: int = 16
-    kl_teacher_forced_top_tokens: int = 256
-    mmlu: dict[str, Any] = field(default_factory=dict)
-    hallucination: dict[str, Any] = field(default_factory=dict)
+    max_new_tokens: int = _default("max_new_tokens")
+    batch_size: int = _default("batch_size")
+    refusal_markers: list[str] = _default("refusal_markers")
+    refusal_detection_mode: str = _default("refusal_detection_mode")
+    soft_refusal_markers: list[str] = _default("soft_refusal_markers")
+    evasive_patterns: list[str] = _default("evasive_patterns")
+    neural_detector: dict[str, Any] = _default("neural_detector")
+    borderline: dict[str, Any] | None = _default("borderline")
+    kl_teacher_forced_tokens: int = _default("kl_teacher_forced_tokens")
+    kl_teacher_forced_top_tokens: int = _default("kl_teacher_forced_top_tokens")
+    mmlu: dict[str, Any] = _default("mmlu")
+    hallucination: dict[str, Any] = _default("hallucination")
 
     def detector_settings(self) -> DetectorSettings:
         return DetectorSettings(

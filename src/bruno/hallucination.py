@@ -21,13 +21,14 @@ import json
 import re
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from bruno.config import schema_defaults
 from bruno.errors import BrunoError
 from bruno.model import chat_strings, decode_replies, eos_token_ids, model_device
 from bruno.thinking import DEFAULT_FORMAT, ResponseFormat
@@ -41,23 +42,18 @@ class FactualQuestion:
     group: str  # "known" / "unknown" for the shipped set (did the model learn the fact?), else "all"
 
 
+_default = schema_defaults("evaluation.hallucination")
+
+
 @dataclass(frozen=True)
 class HallucinationSettings:
-    enabled: bool = True
-    source: dict[str, Any] = field(
-        default_factory=lambda: {
-            "dataset": "truthful_qa",
-            "config": "generation",
-            "split": "validation[:50]",
-            "column": "question",
-            "answer_column": "correct_answers",
-        }
-    )
-    hallucination_n_samples: int = 5
-    temperature: float = 1.0
-    max_new_tokens: int = 64
-    embedding_model: str | None = None
-    batch_size: int = 32
+    enabled: bool = _default("enabled")
+    source: dict[str, Any] = _default("source")
+    hallucination_n_samples: int = _default("hallucination_n_samples")
+    temperature: float = _default("temperature")
+    max_new_tokens: int = _default("max_new_tokens")
+    embedding_model: str | None = _default("embedding_model")
+    batch_size: int = _default("batch_size")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bruno.config import schema_defaults
 from bruno.errors import BrunoError
 from bruno.model import (
     Batch,
@@ -60,36 +61,39 @@ TRAINING_LOG_COLUMNS = {
 }
 
 
+_default = schema_defaults("healing")
+
+
 @dataclass(frozen=True)
 class HealingSettings:
     """The `healing` config section (see config/schema.yaml for meanings and defaults)."""
 
-    enable_post_abliteration_finetuning: bool = False
-    dpo_learning_rate: float = 5e-7
-    dpo_beta: float = 0.1
-    dpo_loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
-    dpo_loss_weights: list[float] | None = None
-    dpo_epochs: float = 1
-    dpo_max_steps: int | None = None
-    lr_scheduler_type: str = "linear"
-    lora_r: int = 16
-    lora_alpha: float = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str | list[str] = "all-linear"
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 4
-    max_length: int = 1024
-    n_harmful_pairs: int | None = None
-    include_harmless_pairs: bool = True
-    n_harmless_pairs: int | None = None
-    harmless_degradation: str = "shuffle"
-    distill_weight: float = 0.0
-    distill_batch_size: int = 32
-    max_new_tokens: int = 256
-    checkpoint_every: int | None = None
-    checkpoint_val_prompts: int = 100
-    checkpoint_max_refusal_increase: float = 0.0
-    seed: int | None = None
+    enable_post_abliteration_finetuning: bool = _default("enable_post_abliteration_finetuning")
+    dpo_learning_rate: float = _default("dpo_learning_rate")
+    dpo_beta: float = _default("dpo_beta")
+    dpo_loss_type: list[str] = _default("dpo_loss_type")
+    dpo_loss_weights: list[float] | None = _default("dpo_loss_weights")
+    dpo_epochs: float = _default("dpo_epochs")
+    dpo_max_steps: int | None = _default("dpo_max_steps")
+    lr_scheduler_type: str = _default("lr_scheduler_type")
+    lora_r: int = _default("lora_r")
+    lora_alpha: float = _default("lora_alpha")
+    lora_dropout: float = _default("lora_dropout")
+    lora_target_modules: str | list[str] = _default("lora_target_modules")
+    batch_size: int = _default("batch_size")
+    gradient_accumulation_steps: int = _default("gradient_accumulation_steps")
+    max_length: int = _default("max_length")
+    n_harmful_pairs: int | None = _default("n_harmful_pairs")
+    include_harmless_pairs: bool = _default("include_harmless_pairs")
+    n_harmless_pairs: int | None = _default("n_harmless_pairs")
+    harmless_degradation: str = _default("harmless_degradation")
+    distill_weight: float = _default("distill_weight")
+    distill_batch_size: int = _default("distill_batch_size")
+    max_new_tokens: int = _default("max_new_tokens")
+    checkpoint_every: int | None = _default("checkpoint_every")
+    checkpoint_val_prompts: int = _default("checkpoint_val_prompts")
+    checkpoint_max_refusal_increase: float = _default("checkpoint_max_refusal_increase")
+    seed: int | None = _default("seed")
 
     def __post_init__(self) -> None:
         if self.checkpoint_every is not None and self.checkpoint_every < 1:

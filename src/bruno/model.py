@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from bruno.config import schema_defaults
 from bruno.errors import BrunoError
 from bruno.families import decoder_layers as decoder_layers  # re-exported
 from bruno.families import residual_writers
@@ -25,29 +26,30 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+_default = schema_defaults("model")
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    name: str = "organism"
-    revision: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    trust_remote_code: bool = False
-    chat_template: str | None = None
-    system_prompt: str | None = None
-    batch_size: int = 64  # 0 = auto (bruno.device.resolve_batch_size)
+    """The `model` config section; meanings and defaults in config/schema.yaml."""
+
+    name: str = _default("name")
+    revision: str | None = _default("revision")
+    dtype: str = _default("dtype")
+    device: str = _default("device")
+    trust_remote_code: bool = _default("trust_remote_code")
+    chat_template: str | None = _default("chat_template")
+    system_prompt: str | None = _default("system_prompt")
+    batch_size: int = _default("batch_size")  # 0 = auto (bruno.device.resolve_batch_size)
     # accelerate placement: None = the whole model on `device`; 'auto'/'balanced'/'sequential' or a module -> device map.
-    device_map: str | dict[str, Any] | None = None
-    max_memory: dict[str, str] | None = None  # with device_map: {"0": "22GiB", "cpu": "64GiB"}
-    load_in_4bit: bool = False  # bitsandbytes NF4 (CUDA only; optional package)
+    device_map: str | dict[str, Any] | None = _default("device_map")
+    max_memory: dict[str, str] | None = _default(
+        "max_memory"
+    )  # with device_map: {"0": "22GiB", "cpu": "64GiB"}
+    load_in_4bit: bool = _default("load_in_4bit")  # bitsandbytes NF4 (CUDA only; optional package)
     # Appended to every chat prompt: 'auto' (detect a thinking block to skip), '' (none) or the text (bruno.thinking).
-    response_prefix: str = "auto"
-    thinking_tags: list[list[str]] = field(
-        default_factory=lambda: [
-            ["<think>", "</think>"],
-            ["<thought>", "</thought>"],
-            ["[THINK]", "[/THINK]"],
-        ]
-    )
+    response_prefix: str = _default("response_prefix")
+    thinking_tags: list[list[str]] = _default("thinking_tags")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from bruno.ablation import EditTarget, ModuleKey, make_edit, tent_kernel, weight_stats
+from bruno.config import schema_defaults
 from bruno.directions import direction_at
 from bruno.families import residual_writers
 
@@ -197,10 +198,13 @@ def build_edits(
     return edits
 
 
+_default = schema_defaults("abliteration")
+
+
 @dataclass(frozen=True)
 class AbliterationSettings:
     """The `abliteration` config section."""
 
-    components: list[str] = field(default_factory=lambda: ["attn.o_proj", "mlp.down_proj"])
-    norm_preservation: str = "row"
-    biprojected: bool = False
+    components: list[str] = _default("components")
+    norm_preservation: str = _default("norm_preservation")
+    biprojected: bool = _default("biprojected")

@@ -17,7 +17,7 @@ import math
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from bruno.config import schema_defaults
 from bruno.errors import BrunoError
 from bruno.io import atomic_path, sha256_json
 from bruno.plan import AblationParams, ComponentKernel
@@ -35,31 +36,34 @@ STUDY_NAME = "abliteration"
 KERNEL_PARAMS = ("max_weight", "max_weight_position", "min_weight", "min_weight_distance")
 
 
+_default = schema_defaults("search")
+
+
 @dataclass(frozen=True)
 class SearchSettings:
-    n_trials: int = 200
-    n_startup_trials: int = 60
-    n_ei_candidates: int = 128
-    seed: int | None = None
-    direction_scopes: list[str] = field(default_factory=lambda: ["global", "per layer"])
-    direction_index: list[float] = field(default_factory=lambda: [0.4, 0.9])
-    ranges: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    warm_start: dict[str, Any] = field(default_factory=dict)
-    n_refusal_prompts: int = 100
-    n_kl_prompts: int = 100
-    max_new_tokens: int = 100
-    batch_size: int = 0
-    max_failed_trials: int = 20
-    optimize_workers: int = 1
-    parallel_trials: int = 0
-    refusal_early_stop: bool = False
-    prefix_reuse_mb: float = 1024
-    refusal_constraint: float | None = None
-    use_hallucination_detection: bool = False
-    hallucination_check_n_questions: int = 10
-    hallucination_n_samples: int = 3
-    use_capability_objective: bool = False
-    capability_check_n_questions: int = 10
+    n_trials: int = _default("n_trials")
+    n_startup_trials: int = _default("n_startup_trials")
+    n_ei_candidates: int = _default("n_ei_candidates")
+    seed: int | None = _default("seed")
+    direction_scopes: list[str] = _default("direction_scopes")
+    direction_index: list[float] = _default("direction_index")
+    ranges: dict[str, dict[str, list[float]]] = _default("ranges")
+    warm_start: dict[str, Any] = _default("warm_start")
+    n_refusal_prompts: int = _default("n_refusal_prompts")
+    n_kl_prompts: int = _default("n_kl_prompts")
+    max_new_tokens: int = _default("max_new_tokens")
+    batch_size: int = _default("batch_size")
+    max_failed_trials: int = _default("max_failed_trials")
+    optimize_workers: int = _default("optimize_workers")
+    parallel_trials: int = _default("parallel_trials")
+    refusal_early_stop: bool = _default("refusal_early_stop")
+    prefix_reuse_mb: float = _default("prefix_reuse_mb")
+    refusal_constraint: float | None = _default("refusal_constraint")
+    use_hallucination_detection: bool = _default("use_hallucination_detection")
+    hallucination_check_n_questions: int = _default("hallucination_check_n_questions")
+    hallucination_n_samples: int = _default("hallucination_n_samples")
+    use_capability_objective: bool = _default("use_capability_objective")
+    capability_check_n_questions: int = _default("capability_check_n_questions")
 
 
 class TrialFailed(Exception):

@@ -15,17 +15,21 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from bruno.config import schema_defaults
 from bruno.errors import BrunoError
 
 DEFAULT_OBJECTIVES = ("kl_divergence", "refusal_rate")
 
 
+_default = schema_defaults("selection")
+
+
 @dataclass(frozen=True)
 class SelectionSettings:
-    max_refusal_rate: float = 0.05
-    extra_objectives: str = "constraint"
-    max_capability_drop: float = 0.02
-    max_hallucination_increase: float = 0.05
+    max_refusal_rate: float = _default("max_refusal_rate")
+    extra_objectives: str = _default("extra_objectives")
+    max_capability_drop: float = _default("max_capability_drop")
+    max_hallucination_increase: float = _default("max_hallucination_increase")
 
 
 def select_trial(

@@ -8,7 +8,6 @@ model, and stored with what was decided (and why, where a method fell back or wa
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from bruno.caa import compliance_direction
 from bruno.cones import find_cones
 from bruno.device import resolve_batch_size
 from bruno.direction_methods import calibration_factor, contrastive_pca, ensemble, probe_directions
-from bruno.directions import layer_separation, mean_difference, save_directions
+from bruno.directions import DirectionSettings, layer_separation, mean_difference, save_directions
 from bruno.errors import BrunoError
 from bruno.families import check_model_dir
 from bruno.io import sha256_texts
@@ -52,18 +51,18 @@ def compute(
     harmful: torch.Tensor,
     harmless: torch.Tensor,
     categories: list[str],
-    settings: Mapping[str, Any],
+    settings: DirectionSettings,
     seed: int,
     refused: list[bool] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """All direction sets from residuals ([n, L+1, d]); returns (tensors, metadata)."""
-    method = settings["direction_method"]
+    method = settings.direction_method
     harmful_mean, harmless_mean = harmful.double().mean(0), harmless.double().mean(0)
-    orthogonalize = settings["orthogonalize_direction"]
+    orthogonalize = settings.orthogonalize_direction
     mean_diff = mean_difference(harmful_mean, harmless_mean, orthogonalize=False)
     tensors: dict[str, Any] = {"harmful_mean": harmful_mean.float(), "harmless_mean": harmless_mean.float()}
     meta: dict[str, Any] = {"method": method, "orthogonalize_direction": orthogonalize}
-    n_components = settings["n_refusal_directions"]
+    n_components = settings.n_refusal_directions
     if n_components > 1 and method not in ("pca", "ensemble_probe_pca"):
         raise BrunoError(
             "config key 'directions.n_refusal_directions' > 1 needs direction_method pca or ensemble_probe_pca."
@@ -71,8 +70,8 @@ def compute(
     pca = probe = None
     if method in ("pca", "ensemble_probe_pca"):
         pca = contrastive_pca(
-            harmful, harmless, n_components, settings["pca_alpha"], settings["eigenvalue_weight_method"],
-            settings["eigenvalue_weight_temperature"],
+            harmful, harmless, n_components, settings.pca_alpha, settings.eigenvalue_weight_method,
+            settings.eigenvalue_weight_temperature,
         )  # fmt: skip
         meta["pca"] = {"eigenvalues": pca.eigenvalues.tolist(), "weights": pca.weights.tolist()}
     if method in ("probe", "ensemble_probe_pca"):
@@ -89,8 +88,8 @@ def compute(
         primary = ensemble(
             probe.directions,
             pca.components[0],
-            settings["ensemble_weight_probe"],
-            settings["ensemble_weight_pca"],
+            settings.ensemble_weight_probe,
+            settings.ensemble_weight_pca,
         )
     meta["primary_vs_mean_difference_cosine"] = (primary * mean_diff).sum(-1).tolist()
 
@@ -102,10 +101,10 @@ def compute(
         tensors["extra_directions"] = torch.stack([finish(c) for c in pca.components[1:]])
         tensors["extra_weights"] = pca.weights[1:].clone()
 
-    if settings["use_concept_cones"]:
+    if settings.use_concept_cones:
         cones = find_cones(
-            harmful, harmless, categories, settings["n_concept_cones"], settings["min_cone_size"],
-            settings["directions_per_cone"], settings["min_silhouette_score"], settings["cone_layer_fraction"], seed,
+            harmful, harmless, categories, settings.n_concept_cones, settings.min_cone_size,
+            settings.directions_per_cone, settings.min_silhouette_score, settings.cone_layer_fraction, seed,
         )  # fmt: skip
         meta["concept_cones"] = {"status": "used" if cones.accepted else "fallback", "reason": cones.reason,
                                  "silhouette": cones.silhouette, "cones": cones.info}  # fmt: skip
@@ -115,9 +114,7 @@ def compute(
                 [torch.stack([finish(cones.directions[c, j]) for j in range(k)]) for c in range(n)]
             )
             tensors["cone_shares"] = torch.tensor(cones.shares)
-            tensors["cone_weights"] = cone_weights(
-                tensors["cone_shares"], settings.get("cone_weighting", "uniform")
-            )
+            tensors["cone_weights"] = cone_weights(tensors["cone_shares"], settings.cone_weighting)
             # The cone's j-th direction is weighted like the j-th PCA component where the method has one, else 1.
             pca_weights = pca.weights.tolist() if pca is not None else []
             weights = [1.0] + [pca_weights[j] if j < len(pca_weights) else 1.0 for j in range(1, k)]
@@ -130,27 +127,27 @@ def compute(
     else:
         meta["concept_cones"] = {"status": "off"}
 
-    if settings["use_caa"]:
+    if settings.use_caa:
         if refused is None:
             raise ValueError("CAA needs the base model's refusal verdicts on the harmful train prompts")
         caa = compliance_direction(
-            harmful, refused, tensors["directions"], settings["caa_min_examples"], settings["caa_max_overlap"]
+            harmful, refused, tensors["directions"], settings.caa_min_examples, settings.caa_max_overlap
         )
         direction = caa.pop("direction", None)
-        meta["caa"] = {**caa, "strength": settings["caa_addition_strength"]}
+        meta["caa"] = {**caa, "strength": settings.caa_addition_strength}
         if direction is not None:
             tensors["caa_direction"] = direction
-            tensors["caa_strength"] = torch.tensor(float(settings["caa_addition_strength"]))
+            tensors["caa_strength"] = torch.tensor(float(settings.caa_addition_strength))
         else:
             log.warning("CAA skipped: %s", caa["reason"])
     else:
         meta["caa"] = {"applied": False, "reason": "off"}
 
-    if settings["use_activation_calibration"]:
+    if settings.use_activation_calibration:
         calibration = calibration_factor(
-            harmful, tensors["directions"], settings["activation_calibration_layer_frac"],
-            settings["activation_target_percentile"], settings["activation_calibration_min_factor"],
-            settings["activation_calibration_max_factor"],
+            harmful, tensors["directions"], settings.activation_calibration_layer_frac,
+            settings.activation_target_percentile, settings.activation_calibration_min_factor,
+            settings.activation_calibration_max_factor,
         )  # fmt: skip
         tensors["calibration_factor"] = torch.tensor(calibration["factor"])
         meta["calibration"] = calibration
@@ -168,7 +165,7 @@ def run(
     model_settings: ModelSettings,
     harmful_path: str | Path,
     harmless_path: str | Path,
-    settings: Mapping[str, Any],
+    settings: DirectionSettings,
     refusal_markers: list[str] | None,
     seed: int,
     out_path: str | Path,
@@ -177,7 +174,7 @@ def run(
     if Path(model_path).is_dir():
         check_model_dir(model_path)  # an unsupported family stops here, before the weights are read
     model, tokenizer = load_model(model_path, model_settings)
-    limit = settings.get("n_train_prompts")
+    limit = settings.n_train_prompts
     harmful_prompts = read_prompts(harmful_path)[:limit]
     harmless_prompts = read_prompts(harmless_path)[:limit]
     device, system = model_device(model), model_settings.system_prompt
@@ -191,8 +188,8 @@ def run(
         model, encode(tokenizer, [p.text for p in harmless_prompts], system, batch, device, prefix)
     )
     refused = None
-    if settings["use_caa"]:
-        responses = generate_greedy(model, tokenizer, harmful_batches, settings["caa_max_new_tokens"])
+    if settings.use_caa:
+        responses = generate_greedy(model, tokenizer, harmful_batches, settings.caa_max_new_tokens)
         detector = AnswerOnly(
             MarkerDetector(refusal_markers), tags, prompt_opened(tokenizer, system, prefix, tags)
         )

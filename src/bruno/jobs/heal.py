@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from bruno.config import stage_seed
 from bruno.errors import BrunoError
 from bruno.heal import (
     TRAINING_LOG_COLUMNS,
@@ -61,7 +62,7 @@ def run(
             "for this variant; enable it or do not ask for results/{variant}/healed."
         )
     start = time.perf_counter()
-    seed = settings.seed if settings.seed is not None else master_seed
+    seed = stage_seed(settings.seed, master_seed)
     seed_everything(seed)
     system_prompt = model_settings.system_prompt
     n_harmful = settings.n_harmful_pairs

@@ -1,41 +1,46 @@
-"""Training settings of the refusal organism. Every default is the tuned recipe; the pipeline builds the settings from
-the `organism:` config section (keys of the same names, documented in config/schema.yaml)."""
+"""Training settings of the refusal organism. The pipeline builds them from the `organism:` config section; names,
+meanings and defaults (the tuned recipe) are config/schema.yaml's, which the defaults here are read from."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from bruno.config import schema_defaults
 from bruno.errors import BrunoError
+
+_default = schema_defaults("organism")
 
 
 @dataclass(frozen=True)
 class OrganismSettings:
-    seed: int = 0
+    seed: int = _default("seed")
     # Architecture (LlamaForCausalLM, float32, untied embeddings).
-    hidden_size: int = 128
-    num_layers: int = 6
-    num_heads: int = 4
-    intermediate_size: int = 512
-    vocab_size: int = 2048  # BPE target; the corpus may run out of merges before it
-    max_length: int = 256  # tokenizer model_max_length and max_position_embeddings
+    hidden_size: int = _default("hidden_size")
+    num_layers: int = _default("num_layers")
+    num_heads: int = _default("num_heads")
+    intermediate_size: int = _default("intermediate_size")
+    vocab_size: int = _default("vocab_size")  # BPE target; the corpus may run out of merges before it
+    max_length: int = _default("max_length")  # tokenizer model_max_length and max_position_embeddings
     # Optimisation.
-    batch_size: int = 32
-    pretrain_epochs: int = 12  # stage A: helpful answers to every prompt, plus multiple choice and facts
-    safety_epochs: int = 12  # stage B: refusals for harmful, helpful for harmless, jailbreak mode, tasks kept
-    pretrain_lr: float = 2e-3
-    safety_lr: float = 1e-3
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
+    batch_size: int = _default("batch_size")
+    # Stage A: helpful answers to every prompt, plus multiple choice and facts.
+    pretrain_epochs: int = _default("pretrain_epochs")
+    # Stage B: refusals for harmful, helpful for harmless, jailbreak mode, tasks kept.
+    safety_epochs: int = _default("safety_epochs")
+    pretrain_lr: float = _default("pretrain_lr")
+    safety_lr: float = _default("safety_lr")
+    warmup_steps: int = _default("warmup_steps")
+    weight_decay: float = _default("weight_decay")
     # Data mix.
     # Share of the harmful training prompts repeated per stage-B epoch under the jailbreak system message.
-    jailbreak_fraction: float = 0.5
+    jailbreak_fraction: float = _default("jailbreak_fraction")
     # Share of examples that get an ordinary system message (else none).
-    system_prompt_fraction: float = 0.5
+    system_prompt_fraction: float = _default("system_prompt_fraction")
     # Multiple-choice training items per stage-A epoch, cycling through the train split.
-    mc_per_epoch: int = 400
+    mc_per_epoch: int = _default("mc_per_epoch")
     # Stage B keeps this share of stage A's multiple-choice and fact examples.
-    safety_task_fraction: float = 0.5
+    safety_task_fraction: float = _default("safety_task_fraction")
 
     def __post_init__(self) -> None:
         positive = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size", "max_length")

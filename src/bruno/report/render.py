@@ -18,6 +18,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from bruno.config import stage_seed
 from bruno.io import sha256_json
 from bruno.report import plots
 from bruno.report.load import (
@@ -69,15 +70,13 @@ def seeds(inputs: ReportInputs) -> dict[str, Any]:
     config = inputs.config
     rows = []
     for instance, settings in inputs.variants.items():
-        search_seed = settings.get("search", {}).get("seed")
         healing = settings.get("healing", {})
-        healing_seed = healing.get("seed")
         rows.append(
             {
                 "instance": instance,
                 "replicate": int(inputs.replicate_of.get(instance, (instance, 0))[1]),
-                "search": search_seed if search_seed is not None else config.get("seed"),
-                "healing": (healing_seed if healing_seed is not None else config.get("seed"))
+                "search": stage_seed(settings.get("search", {}).get("seed"), config.get("seed")),
+                "healing": stage_seed(healing.get("seed"), config.get("seed"))
                 if healing.get("enable_post_abliteration_finetuning")
                 else "off",
             }

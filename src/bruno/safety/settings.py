@@ -1,48 +1,48 @@
-"""Settings of the safety-tuning stage (the `safety_tuning:` config section; meanings and defaults documented in
-config/schema.yaml). The defaults are the measured recipe of docs/safety-tuning.md."""
+"""Settings of the safety-tuning stage (the `safety_tuning:` config section; meanings and defaults are config/schema.yaml's,
+which the defaults here are read from). The defaults are the measured recipe of docs/safety-tuning.md."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from bruno.config import schema_defaults
 from bruno.errors import BrunoError
+
+_default = schema_defaults("safety_tuning")
 
 
 @dataclass(frozen=True)
 class SafetyTuningSettings:
-    enabled: bool = False
-    seed: int | None = None  # None: the run's top-level seed
+    enabled: bool = _default("enabled")
+    seed: int | None = _default("seed")  # None: the run's top-level seed
     # LoRA adapter, merged into plain weights after training.
-    lora_r: int = 16
-    lora_alpha: float = 32
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    lora_r: int = _default("lora_r")
+    lora_alpha: float = _default("lora_alpha")
+    lora_target_modules: list[str] = _default("lora_target_modules")
     # Adapters only on decoder layers from this index on: the backward pass stops there (a third less compute on
     # SmolLM2 from layer 10 of 30), and the refusal forms where the pipeline later looks for it.
-    first_tuned_layer: int = 10
+    first_tuned_layer: int = _default("first_tuned_layer")
     # Optimisation: AdamW, linear warm-up then linear decay to 0.
-    learning_rate: float = 1e-3
-    epochs: int = 3
-    batch_size: int = 8
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
+    learning_rate: float = _default("learning_rate")
+    epochs: int = _default("epochs")
+    batch_size: int = _default("batch_size")
+    warmup_steps: int = _default("warmup_steps")
+    weight_decay: float = _default("weight_decay")
     # Data mix.
-    n_harmful: int | None = None  # harmful train prompts used (None: all)
-    n_harmless: int | None = None  # harmless train prompts used (None: all)
-    system_prompt_fraction: float = (
-        0.25  # share of prompts repeated once more under an ordinary system message
-    )
-    reply_tokens: int = 24  # greedy tokens of the untuned model's reply kept as a harmless target
-    resample_tries: int = (
-        3  # sampled retries (T 0.7) for a harmless reply that holds a refusal marker; then dropped
-    )
+    n_harmful: int | None = _default("n_harmful")  # harmful train prompts used (None: all)
+    n_harmless: int | None = _default("n_harmless")  # harmless train prompts used (None: all)
+    # Share of prompts repeated once more under an ordinary system message.
+    system_prompt_fraction: float = _default("system_prompt_fraction")
+    # Greedy tokens of the untuned model's reply kept as a harmless target.
+    reply_tokens: int = _default("reply_tokens")
+    # Sampled retries (T 0.7) for a harmless reply that holds a refusal marker; then dropped.
+    resample_tries: int = _default("resample_tries")
     # Weight of KL(untuned || tuned) on every harmless reply position, beside the cross-entropy on the reply tokens.
-    distill_weight: float = 1.0
+    distill_weight: float = _default("distill_weight")
     # Weight of the first reply position (where the model decides to refuse or answer) against 1 for the others.
-    first_token_weight: float = 5.0
-    generation_batch_size: int = 64
+    first_token_weight: float = _default("first_token_weight")
+    generation_batch_size: int = _default("generation_batch_size")
 
     def __post_init__(self) -> None:
         for name in ("lora_r", "epochs", "batch_size", "reply_tokens", "generation_batch_size"):
