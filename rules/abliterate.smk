@@ -10,6 +10,7 @@ rule abliterate:
         "logs/abliterate/{variant}.log",
     benchmark:
         "benchmarks/abliterate/{variant}.tsv"
+    priority: JOB_PRIORITY["search"]
     conda:
         "../envs/bruno.yaml"
     threads: MODEL_JOB_THREADS

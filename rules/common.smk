@@ -1,7 +1,9 @@
 # Config validation, variant resolution, wildcard constraints and input helpers. Included first.
+import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -105,6 +107,13 @@ SAFETY_TUNED_PATH = "results/safety_tuned"
 MODEL_PATH = SAFETY_TUNED_PATH if SAFETY_TUNED else UNTUNED_MODEL_PATH
 # What reports and logs call the base model (a safety-tuned one says that its refusal was implanted here).
 BASE_MODEL_LABEL = base_model_label(config)
+
+
+# Which of several ready jobs runs first (higher first; Snakemake's default is 0). The base evaluation gates every other
+# evaluation; the search chain (directions, search, edit) and healing gate the stage evaluations, which only the
+# report waits for. Without them, on 2 cores the real-model run left a healing job waiting 17 min behind three
+# evaluations (2026-12-07, docs/real-model.md).
+JOB_PRIORITY = {"evaluate_base": 3, "search": 2, "heal": 1}
 
 
 wildcard_constraints:
@@ -240,6 +249,22 @@ def get_stage_metrics(wildcards=None):
 
 def get_stage_model(wildcards):
     return f"results/{wildcards.variant}/{wildcards.stage}"
+
+
+def get_same_model_candidate(wildcards):
+    """For a healed model: the ablated model and its evaluation. A healing whose checkpoint selection kept step 0
+    saves the ablated model again byte for byte; the evaluation job then copies the ablated model's figures instead
+    of measuring the same model twice (it compares the files first)."""
+    if wildcards.stage != "healed":
+        return {}
+    evaluation = f"results/eval/{wildcards.variant}/ablated"
+    return {
+        "same_as_model": f"results/{wildcards.variant}/ablated",
+        **{
+            f"same_as_{name}": f"{evaluation}/{name}.{'json' if name == 'metrics' else 'csv'}"
+            for name in ("refusals", "mmlu", "hallucination", "metrics")
+        },
+    }
 
 
 def prompt_file(set_name, split):
@@ -390,3 +415,45 @@ def get_model_path(wildcards, input):
     value = input.get("model", [])
     paths = [value] if isinstance(value, str) else list(value)
     return str(paths[0]) if paths else MODEL_PATH
+
+
+def directions_params(variant):
+    """What the directions job of a variant depends on besides the base model and the train prompts (which every
+    variant shares): its directions section, the refusal markers it reads (CAA) and its seed.
+    """
+    wildcards = SimpleNamespace(variant=variant)
+    return {
+        "directions": VARIANTS[variant]["directions"],
+        "refusal_markers": get_directions_refusal_markers(wildcards),
+        "seed": variant_seed(wildcards),
+    }
+
+
+def directions_sources():
+    """{variant: the variant whose directions job it shares}: the first variant (in config order) with the same
+    directions params computes them, the others copy its directions.pt (e.g. `baseline` and `norm_row`, which differ
+    only in the edit)."""
+    first = {}
+    for variant in VARIANTS:
+        key = json.dumps(directions_params(variant), sort_keys=True, default=str)
+        first.setdefault(key, variant)
+    return {
+        variant: first[
+            json.dumps(directions_params(variant), sort_keys=True, default=str)
+        ]
+        for variant in VARIANTS
+    }
+
+
+DIRECTIONS_SOURCE = directions_sources()
+
+
+def directions_variants(computed):
+    """wildcard constraint of the directions rules: the variants that compute (True) or copy (False) their directions;
+    a pattern that matches nothing when there are none."""
+    names = [v for v, source in DIRECTIONS_SOURCE.items() if (v == source) == computed]
+    return "|".join(names) if names else "(?!)"
+
+
+def get_shared_directions(wildcards):
+    return f"results/{DIRECTIONS_SOURCE[wildcards.variant]}/directions.pt"

@@ -22,6 +22,7 @@ rule evaluate_base:
         "logs/evaluate/base.log",
     benchmark:
         "benchmarks/evaluate/base.tsv"
+    priority: JOB_PRIORITY["evaluate_base"]
     conda:
         "../envs/bruno.yaml"
     threads: MODEL_JOB_THREADS
@@ -41,6 +42,7 @@ rule evaluate_base:
 rule evaluate_stage:
     input:
         unpack(get_evaluation_inputs),
+        unpack(get_same_model_candidate),
         model=get_stage_model,
         harmful=prompt_file("harmful", "test"),
         harmless=prompt_file("harmless", "test"),

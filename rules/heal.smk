@@ -14,6 +14,7 @@ rule heal:
         "logs/heal/{variant}.log",
     benchmark:
         "benchmarks/heal/{variant}.tsv"
+    priority: JOB_PRIORITY["heal"]
     conda:
         "../envs/bruno.yaml"
     threads: MODEL_JOB_THREADS

@@ -14,6 +14,7 @@ rule optimize:
         "logs/optimize/{variant}.log",
     benchmark:
         "benchmarks/optimize/{variant}.tsv"
+    priority: JOB_PRIORITY["search"]
     conda:
         "../envs/bruno.yaml"
     threads: MODEL_JOB_THREADS
@@ -79,6 +80,7 @@ rule select:
         "logs/select/{variant}.log",
     benchmark:
         "benchmarks/select/{variant}.tsv"
+    priority: JOB_PRIORITY["search"]
     localrule: True
     conda:
         "../envs/bruno.yaml"

@@ -4,6 +4,8 @@ import _bruno_path  # noqa: F401  (puts src/ on sys.path)
 
 from bruno.runtime import run_job
 
+SAME_AS_KEYS = ("model", "refusals", "mmlu", "hallucination", "metrics")
+
 
 def main(snakemake, log):
     from bruno.config import settings_from_dict
@@ -32,6 +34,11 @@ def main(snakemake, log):
         train_prompt_paths=(
             {"harmful": snakemake.input.harmful_train, "harmless": snakemake.input.harmless_train}
             if is_base
+            else None
+        ),
+        same_model_as=(
+            {key: getattr(snakemake.input, f"same_as_{key}") for key in SAME_AS_KEYS}
+            if hasattr(snakemake.input, "same_as_model")
             else None
         ),
     )

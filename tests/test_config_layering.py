@@ -63,10 +63,13 @@ def schema_default(*keys: str):
 
 
 def dag_variants(run) -> dict[str, set[str]]:
-    """{rule: the variants of its jobs} for the per-variant rules of a dry run."""
+    """{rule: the variants of its jobs} for the per-variant rules of a dry run (a variant's directions are computed by
+    rule `directions` or copied by `share_directions` from a variant with the same settings)."""
     found: dict[str, set[str]] = {}
     for rule in ("directions", "optimize", "select", "abliterate"):
-        for block in run.blocks.get(rule, []):
+        for block in run.blocks.get(rule, []) + (
+            run.blocks.get("share_directions", []) if rule == "directions" else []
+        ):
             match = re.search(r"wildcards: variant=([\w-]+)", block)
             assert match, block
             found.setdefault(rule, set()).add(match[1])

@@ -4,6 +4,8 @@ value, n and ci95), KL of a model against its own reference is 0, teacher-forced
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -121,6 +123,85 @@ def test_evaluation_stage_writes_every_file_with_the_contract(tiny_model_dir, tm
     assert stage["kl_divergence_teacher_forced"]["value"] == pytest.approx(0.0, abs=1e-6)
     for key in ("refusal_rate_harmful", "mmlu_accuracy", "hallucination_score", "hallucination_rate"):
         assert stage[key]["value"] == pytest.approx(metrics["base"][key]["value"])
+
+
+def _outputs(root):
+    return {k: root / f"{k}.{'json' if k == 'metrics' else 'csv'}" for k in ("refusals", "mmlu", "hallucination", "metrics")}  # fmt: skip
+
+
+def test_identical_models_compares_every_file_but_the_stage_metadata(tmp_path):
+    from bruno.jobs.evaluate import identical_models
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "sub").mkdir(parents=True)
+        (root / "model.safetensors").write_bytes(b"\x00weights" * 100)
+        (root / "sub" / "tokenizer.json").write_text("{}")
+    (b / "healing.json").write_text('{"selected_step": 0}')
+    assert identical_models(a, b) and identical_models(b, a)
+    (b / "model.safetensors").write_bytes(b"\x00weights" * 99 + b"\x01weights")  # same size, one byte differs
+    assert not identical_models(a, b)
+    shutil.copyfile(a / "model.safetensors", b / "model.safetensors")
+    (b / "sub" / "extra.json").write_text("{}")  # a file the other lacks
+    assert not identical_models(a, b)
+
+
+def test_a_byte_identical_model_reuses_the_evaluation_another_is_measured(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from safetensors.torch import load_file, save_file
+
+    from bruno.jobs import evaluate as job
+
+    prompts, settings = write_inputs(tmp_path)
+    reference = tmp_path / "harmless_logprobs.pt"
+    common = dict(model_settings=ModelSettings(), prompt_paths=prompts, settings=settings,
+                  base_logprobs_path=reference, seed=0, is_organism=True)  # fmt: skip
+    job.run("base", str(tiny_model_dir), outputs=_outputs(tmp_path / "base"), write_base_logprobs=True,
+            train_prompt_paths=prompts, **common)  # fmt: skip
+    ablated = tmp_path / "v" / "ablated"
+    shutil.copytree(tiny_model_dir, ablated)
+    (tmp_path / "v-ablated").mkdir()
+    measured = job.run("v/ablated", str(ablated), outputs=_outputs(tmp_path / "v-ablated"),
+                       write_base_logprobs=False, **common)  # fmt: skip
+    same_as = {"model": str(ablated), **{k: str(v) for k, v in _outputs(tmp_path / "v-ablated").items()}}
+    healed = tmp_path / "v" / "healed"
+    shutil.copytree(ablated, healed)
+    (healed / "healing.json").write_text('{"selected_step": 0}')
+
+    # Measured again, the copy gives the same files byte for byte: the premise of reusing them.
+    again = _outputs(tmp_path / "again")
+    job.run("v/healed", str(healed), outputs=again, write_base_logprobs=False, **common)
+    for key in ("refusals", "mmlu", "hallucination"):
+        assert again[key].read_bytes() == Path(same_as[key]).read_bytes(), key
+
+    loads = []
+    monkeypatch.setattr(job, "load_model", lambda *a, **k: loads.append(a) or load_model(*a, **k))
+    reused_out = _outputs(tmp_path / "reused")
+    reused = job.run("v/healed", str(healed), outputs=reused_out, write_base_logprobs=False,
+                     same_model_as=same_as, **common)  # fmt: skip
+    assert loads == []
+    for key in ("refusals", "mmlu", "hallucination"):
+        assert reused_out[key].read_bytes() == Path(same_as[key]).read_bytes(), key
+    assert json.loads(reused_out["metrics"].read_text()) == reused
+    assert reused["stage"] == "v/healed" and reused["model"] == str(healed)
+    assert reused["same_model_as"] == {
+        "model": str(ablated),
+        "stage": "v/ablated",
+        "seconds": measured["seconds"],
+    }
+    for key in FIGURES:
+        assert reused[key] == measured[key], key
+
+    # One weight changed: the model is evaluated, not copied.
+    weights = load_file(healed / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] += 1.0
+    save_file(weights, healed / "model.safetensors", metadata={"format": "pt"})
+    changed = job.run("v/healed", str(healed), outputs=_outputs(tmp_path / "changed"), write_base_logprobs=False,
+                      same_model_as=same_as, **common)  # fmt: skip
+    assert len(loads) == 1 and "same_model_as" not in changed
 
 
 def test_teacher_forced_kl_matches_the_definition(tiny_model_dir, tmp_path):

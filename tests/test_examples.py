@@ -61,7 +61,9 @@ def test_example_dag_builds_without_touching_the_hub(path: Path, tmp_path: Path)
     n_variants = len(load_config(path)["variants"])
     for rule in ("prompts", "evaluate_base", "report"):
         assert run.jobs.get(rule) == 1, (rule, run.jobs)
-    for rule in ("directions", "optimize", "select", "abliterate"):
+    for rule in ("optimize", "select", "abliterate"):
         assert run.jobs.get(rule) == n_variants, (rule, run.jobs)
+    # each variant's directions: computed, or copied from a variant with the same directions settings
+    assert run.jobs.get("directions", 0) + run.jobs.get("share_directions", 0) == n_variants, run.jobs
     assert "organism" not in run.jobs
     assert not hf_home.exists() or not any(hf_home.rglob("*")), "the dry run wrote to the Hugging Face cache"

@@ -113,3 +113,61 @@ def test_a_search_reads_the_question_file_of_its_extra_objective(before):
 def test_ab_summary_receives_the_edit_settings_its_table_shows(before):
     shown = ast.literal_eval(before["ab_summary[]"]["params"]["settings"])
     assert shown == {v: {"norm_preservation": "row", "biprojected": False} for v in CONFIG["variants"]}
+
+
+def test_a_healed_models_evaluation_waits_for_the_ablated_one_it_may_reuse(before):
+    # The healed evaluation reads the ablated model and its evaluation: when the healing kept step 0 (the same
+    # model, byte for byte) it copies those figures instead of measuring the same model twice.
+    evaluations = {job: spec for job, spec in before.items() if rule_of(job) == "evaluate_stage"}
+    healed = {job for job in evaluations if "stage=healed" in job}
+    assert healed and healed != set(evaluations)
+    for job, spec in evaluations.items():
+        variant = job.split("variant=", 1)[1].split(",", 1)[0].rstrip("]")
+        inputs = set(spec["input"])
+        if job in healed:
+            assert {f"results/{variant}/ablated", f"results/eval/{variant}/ablated/metrics.json"} <= inputs, (
+                job
+            )
+        else:
+            assert not any(path.startswith(f"results/eval/{variant}/") for path in inputs), job
+
+
+def test_variants_with_the_same_directions_settings_compute_them_once(plan, before):
+    # `objective` and `plain` differ only in their search: the first in config order computes the directions, the
+    # other copies them; `caa` reads the refusal markers and computes its own.
+    assert {job for job in before if "directions" in rule_of(job)} == {
+        "directions[variant=objective]",
+        "share_directions[variant=plain]",
+        "directions[variant=caa]",
+    }
+    assert before["share_directions[variant=plain]"]["input"] == ["results/objective/directions.pt"]
+    # another seed for the directions of `plain` (the search seed seeds its directions job): computed again
+    after = plan({"variants": {"plain": {"search": {"seed": 5}}}})
+    assert {"directions[variant=plain]", "directions[variant=objective]"} <= set(after)
+    assert not any(rule_of(job) == "share_directions" for job in after)
+
+
+def test_jobs_that_gate_others_run_first(before):
+    # When several jobs are ready, the base evaluation (every other evaluation reads its reference) goes first, then
+    # the search chain, then healing; the stage evaluations, which only the report waits for, fill in.
+    priority: dict[str, set[int]] = {}
+    for job, spec in before.items():
+        priority.setdefault(rule_of(job), set()).add(spec["priority"])
+    levels = [
+        {"evaluate_base"},
+        {
+            "directions",
+            "share_directions",
+            "optimize",
+            "init_study",
+            "optimize_worker",
+            "select",
+            "abliterate",
+        },
+        {"heal"},
+        {"evaluate_stage"},
+    ]
+    for higher, lower in zip(levels, levels[1:], strict=False):
+        for a in higher & set(priority):
+            for b in lower & set(priority):
+                assert min(priority[a]) > max(priority[b]), (a, priority[a], b, priority[b])

@@ -136,6 +136,7 @@ def print_jobs(workflow):
         job.rule.name + "[" + ",".join(f"{k}={v}" for k, v in job.wildcards_dict.items()) + "]": {
             "input": list(job.input),
             "params": {name: repr(value) for name, value in job.params.items()},
+            "priority": job.rule.priority,
         }
         for job in workflow.dag.jobs
     }
@@ -148,7 +149,7 @@ main(sys.argv[1:])
 
 
 def planned_jobs(workdir: Path, *args: str, timeout: int = 180) -> dict[str, dict]:
-    """{"rule[wildcards]": {"input": [path, ...], "params": {name: repr(value)}}} of every job of the complete plan
+    """{"rule[wildcards]": {"input": [path, ...], "params": {name: repr(value)}, "priority": n}} of every job of the complete plan
     (`--forceall`) of the repository's Snakefile in `workdir`; the params as Snakemake compares them to decide that a
     job's params changed."""
     command = [sys.executable, "-c", _PRINT_JOBS, "--dag", "--forceall", "--workflow-profile", "none"]

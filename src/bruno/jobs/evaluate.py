@@ -14,8 +14,12 @@ same positions and their answers judged alike.
 from __future__ import annotations
 
 import csv
+import filecmp
+import json
 import logging
+import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +122,171 @@ def _kl_reference(
     return saved["logprobs"], reference, logprobs, batches
 
 
+# Files a stage writes into a model directory beside the model itself (the healing summary): they do not change what
+# an evaluation measures.
+STAGE_METADATA_FILES = frozenset({"healing.json"})
+
+
+def identical_models(path: str | Path, other: str | Path) -> bool:
+    """Whether two model directories hold the same files with the same bytes (weights, config, tokenizer, template),
+    apart from `STAGE_METADATA_FILES`. A healing whose checkpoint selection kept step 0 merges a zero adapter and
+    saves the ablated model again, byte for byte."""
+    path, other = Path(path), Path(other)
+
+    def files(root: Path) -> set[str]:
+        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - STAGE_METADATA_FILES
+
+    names = files(path)
+    return names == files(other) and all(
+        filecmp.cmp(path / n, other / n, shallow=False) for n in sorted(names)
+    )
+
+
+def reuse_evaluation(
+    stage: str, model_path: str, same_model_as: dict[str, str], outputs: dict[str, str | Path], start: float
+) -> dict[str, Any]:
+    """The evaluation of a model byte-identical to one already evaluated: its CSVs copied and its metrics relabelled.
+    The evaluation is deterministic for a model, its prompts and the seed, so this is what evaluating again writes;
+    `same_model_as` in metrics.json says where the figures were measured."""
+    metrics = json.loads(Path(same_model_as["metrics"]).read_text(encoding="utf-8"))
+    measured = {"model": same_model_as["model"], "stage": metrics["stage"], "seconds": metrics.get("seconds")}
+    metrics.update(stage=stage, model=model_path, same_model_as=measured)
+    for key in ("refusals", "mmlu", "hallucination"):
+        with atomic_path(outputs[key]) as tmp:
+            shutil.copyfile(same_model_as[key], tmp)
+    metrics["seconds"] = time.perf_counter() - start
+    metrics["seconds_by_part"] = {"compare_and_copy": metrics["seconds"]}
+    metrics.update(peak_memory())
+    atomic_write_json(outputs["metrics"], metrics)
+    log.info(
+        "%s: %s holds the same model as %s (byte for byte); its evaluation (%s) is copied, not repeated",
+        stage, model_path, same_model_as["model"], measured["stage"],
+    )  # fmt: skip
+    return metrics
+
+
+@dataclass
+class _Evaluation:
+    """One stage's evaluation in progress: the loaded model, how its prompts are rendered, the sentence-embedding
+    models loaded so far (shared by the refusal and hallucination detectors) and the seconds of each part."""
+
+    model: Any
+    tokenizer: Any
+    system_prompt: str | None
+    prefix: str
+    settings: EvaluationSettings
+    timings: dict[str, float] = field(default_factory=dict)
+    embedders: dict[str | None, Any] = field(default_factory=dict)
+
+    def embedder_for(self, path: str | None) -> Any:
+        if path not in self.embedders:
+            from bruno.embedding import SentenceEmbedder
+
+            t = time.perf_counter()
+            self.embedders[path] = SentenceEmbedder(path)
+            self.timings["load_embedder"] = self.timings.get("load_embedder", 0.0) + time.perf_counter() - t
+        return self.embedders[path]
+
+
+def _response_prefix(
+    model, tokenizer, model_settings: ModelSettings, write_base_logprobs: bool, base_logprobs_path: str | Path,
+    train_prompt_paths: dict[str, str] | None,
+) -> str:  # fmt: skip
+    """The base stage resolves the response prefix from the train prompts; the others read the base stage's."""
+    if not write_base_logprobs:
+        return reference_prefix(base_logprobs_path, model_settings.response_prefix)
+    if train_prompt_paths is None:
+        raise BrunoError("the base evaluation needs the train prompts to resolve model.response_prefix")
+    return base_response_prefix(
+        model, tokenizer, model_settings, train_prompt_paths["harmful"], train_prompt_paths["harmless"]
+    )
+
+
+def _refusal_detector(ev: _Evaluation) -> tuple[Any, dict[str, Any]]:
+    """The configured refusal detector and what metrics.json says about it (its held-out accuracy on labels)."""
+    settings, detector_settings = ev.settings, ev.settings.detector_settings()
+    neural_embedder = None
+    if settings.refusal_detection_mode != "markers" and not detector_settings.neural.nli_model:
+        neural_embedder = ev.embedder_for(detector_settings.neural.embedding_model)
+    detector, labels = build_detector(detector_settings, neural_embedder, device=str(model_device(ev.model)))
+    info: dict[str, Any] = {"mode": settings.refusal_detection_mode}
+    if labels:
+        held_out = held_out_accuracy(detector, labels)
+        info.update(held_out_accuracy=held_out["value"], held_out=held_out,
+                    labels=detector_settings.neural.labels_path)  # fmt: skip
+        if isinstance(detector, HybridDetector):
+            info["held_out_accuracy_by_part"] = {
+                "markers": held_out_accuracy(detector.markers, labels)["value"],
+                detector.neural.name: held_out_accuracy(detector.neural, labels)["value"],
+            }
+    return detector, info
+
+
+def _kl(
+    ev: _Evaluation,
+    harmless: list[Any],
+    rows: list[dict[str, Any]],
+    base_logprobs_path: str | Path,
+    write: bool,
+) -> dict[str, Any]:
+    """First-token and teacher-forced KL from the base model on the harmless test prompts: the metrics, and each
+    prompt's values added to its row of `rows`."""
+    base, reference, logprobs, batches = _kl_reference(
+        write, base_logprobs_path, ev.model, ev.tokenizer, harmless, ev.system_prompt, ev.settings, ev.prefix
+    )
+    metrics: dict[str, Any] = {}
+    kl_values = per_prompt_kl(base, logprobs)
+    metrics["kl_divergence"] = {**mean_metric(kl_values), "position": "first response token"}
+    harmless_rows = [row for row in rows if row["set"] == "harmless"]  # in prompt order, like the KL values
+    for row, value in zip(harmless_rows, kl_values, strict=True):
+        row["kl_divergence"] = value
+    if reference is not None:
+        values = teacher_forced_kl(reference, ev.model, ev.tokenizer, batches, ev.settings.batch_size)
+        for row, value in zip(harmless_rows, values, strict=True):
+            row["kl_divergence_teacher_forced"] = value
+        mass = torch.cat([lp.exp().sum(-1) for lp in reference.top_logprobs])
+        metrics["kl_divergence_teacher_forced"] = {
+            **mean_metric(values),
+            "tokens": ev.settings.kl_teacher_forced_tokens,
+            "reference": "base model's greedy reply",
+            "top_tokens": reference.top_ids[0].shape[-1],
+            "reference_top_mass": float(mass.mean()),
+        }
+    return metrics
+
+
+def _capability(ev: _Evaluation, is_organism: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The multiple-choice capability set: its rows and metric (none when disabled)."""
+    mmlu_settings = ev.settings.mmlu_settings()
+    if not mmlu_settings.enabled:
+        return [], {}
+    questions = load_questions(mmlu_settings)
+    evaluator = build_evaluator(
+        mmlu_settings, ev.tokenizer, questions, few_shot_examples(mmlu_settings, questions), ev.system_prompt,
+        ev.prefix,
+    )  # fmt: skip
+    result = evaluator.evaluate(ev.model)
+    return result.rows, {
+        "mmlu_accuracy": mmlu_metric(result, task_label(mmlu_settings, is_organism), mmlu_settings)
+    }
+
+
+def _hallucination(
+    ev: _Evaluation, response_format: ResponseFormat, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Self-consistency hallucination on the factual questions: its rows and metrics (none when disabled)."""
+    halluc = ev.settings.hallucination_settings()
+    if not halluc.enabled:
+        return [], {}
+    embedder = ev.embedder_for(halluc.embedding_model)
+    detector = HallucinationDetector(
+        ev.tokenizer, load_factual_questions(halluc.source), embedder, halluc.hallucination_n_samples,
+        halluc.temperature, halluc.max_new_tokens, seed, ev.system_prompt, halluc.batch_size, response_format,
+    )  # fmt: skip
+    result = detector.evaluate(ev.model)
+    return result.rows, hallucination_metrics(result, halluc, embedder.name)
+
+
 def run(
     stage: str,
     model_path: str,
@@ -130,53 +299,26 @@ def run(
     seed: int = 0,
     is_organism: bool = False,
     train_prompt_paths: dict[str, str] | None = None,
+    same_model_as: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one stage; `outputs` names the files: refusals, mmlu, hallucination (CSV) and metrics (JSON). The base
     stage (`write_base_logprobs`) resolves the response prefix from `train_prompt_paths` (harmful, harmless); the
-    others read it from the base stage's reference."""
+    others read it from the base stage's reference. `same_model_as` names an evaluated model (its directory under
+    "model" and its four outputs): if `model_path` holds the same model byte for byte, its evaluation is reused."""
     start = time.perf_counter()
-    timings: dict[str, float] = {}
+    if same_model_as is not None and identical_models(model_path, same_model_as["model"]):
+        return reuse_evaluation(stage, model_path, same_model_as, outputs, start)
     model, tokenizer = load_model(model_path, model_settings)
     system_prompt = model_settings.system_prompt
-    if write_base_logprobs:
-        if train_prompt_paths is None:
-            raise BrunoError("the base evaluation needs the train prompts to resolve model.response_prefix")
-        prefix = base_response_prefix(
-            model, tokenizer, model_settings, train_prompt_paths["harmful"], train_prompt_paths["harmless"]
-        )
-    else:
-        prefix = reference_prefix(base_logprobs_path, model_settings.response_prefix)
+    prefix = _response_prefix(
+        model, tokenizer, model_settings, write_base_logprobs, base_logprobs_path, train_prompt_paths
+    )
+    ev = _Evaluation(model, tokenizer, system_prompt, prefix, settings)
     response_format = ResponseFormat.of(tokenizer, system_prompt, prefix, model_settings.thinking_tags)
-    mmlu_settings, halluc_settings = settings.mmlu_settings(), settings.hallucination_settings()
-    detector_settings = settings.detector_settings()
-
-    embedders: dict[str | None, Any] = {}
-
-    def embedder_for(path: str | None) -> Any:
-        """One SentenceEmbedder per model path, shared by the refusal and hallucination detectors."""
-        if path not in embedders:
-            from bruno.embedding import SentenceEmbedder
-
-            t = time.perf_counter()
-            embedders[path] = SentenceEmbedder(path)
-            timings["load_embedder"] = timings.get("load_embedder", 0.0) + time.perf_counter() - t
-        return embedders[path]
+    timings = ev.timings
 
     t = time.perf_counter()
-    neural_embedder = None
-    if settings.refusal_detection_mode != "markers" and not detector_settings.neural.nli_model:
-        neural_embedder = embedder_for(detector_settings.neural.embedding_model)
-    detector, labels = build_detector(detector_settings, neural_embedder, device=str(model_device(model)))
-    detector_info: dict[str, Any] = {"mode": settings.refusal_detection_mode}
-    if labels:
-        held_out = held_out_accuracy(detector, labels)
-        detector_info.update(held_out_accuracy=held_out["value"], held_out=held_out,
-                             labels=detector_settings.neural.labels_path)  # fmt: skip
-        if isinstance(detector, HybridDetector):
-            detector_info["held_out_accuracy_by_part"] = {
-                "markers": held_out_accuracy(detector.markers, labels)["value"],
-                detector.neural.name: held_out_accuracy(detector.neural, labels)["value"],
-            }
+    detector, detector_info = _refusal_detector(ev)
     timings["refusal_detector"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -189,66 +331,21 @@ def run(
     timings["refusals"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    base, reference, logprobs, batches = _kl_reference(
-        write_base_logprobs,
-        base_logprobs_path,
-        model,
-        tokenizer,
-        prompt_sets["harmless"],
-        system_prompt,
-        settings,
-        prefix,
-    )
     metrics: dict[str, Any] = {"stage": stage, "model": model_path, "response_prefix": prefix}
     metrics.update(refusal_metrics(rows))
-    kl_values = per_prompt_kl(base, logprobs)
-    metrics["kl_divergence"] = {**mean_metric(kl_values), "position": "first response token"}
-    harmless_rows = [row for row in rows if row["set"] == "harmless"]  # in prompt order, like the KL values
-    for row, value in zip(harmless_rows, kl_values, strict=True):
-        row["kl_divergence"] = value
-    if reference is not None:
-        values = teacher_forced_kl(reference, model, tokenizer, batches, settings.batch_size)
-        for row, value in zip(harmless_rows, values, strict=True):
-            row["kl_divergence_teacher_forced"] = value
-        mass = torch.cat([lp.exp().sum(-1) for lp in reference.top_logprobs])
-        metrics["kl_divergence_teacher_forced"] = {
-            **mean_metric(values),
-            "tokens": settings.kl_teacher_forced_tokens,
-            "reference": "base model's greedy reply",
-            "top_tokens": reference.top_ids[0].shape[-1],
-            "reference_top_mass": float(mass.mean()),
-        }
+    metrics.update(_kl(ev, prompt_sets["harmless"], rows, base_logprobs_path, write_base_logprobs))
     timings["kl"] = time.perf_counter() - t
 
-    mmlu_rows: list[dict[str, Any]] = []
-    if mmlu_settings.enabled:
-        t = time.perf_counter()
-        questions = load_questions(mmlu_settings)
-        evaluator = build_evaluator(
-            mmlu_settings,
-            tokenizer,
-            questions,
-            few_shot_examples(mmlu_settings, questions),
-            system_prompt,
-            prefix,
-        )
-        result = evaluator.evaluate(model)
-        mmlu_rows = result.rows
-        metrics["mmlu_accuracy"] = mmlu_metric(result, task_label(mmlu_settings, is_organism), mmlu_settings)
+    t = time.perf_counter()
+    mmlu_rows, capability = _capability(ev, is_organism)
+    if capability:
+        metrics.update(capability)
         timings["mmlu"] = time.perf_counter() - t
 
-    halluc_rows: list[dict[str, Any]] = []
-    if halluc_settings.enabled:
-        t = time.perf_counter()
-        embedder = embedder_for(halluc_settings.embedding_model)
-        hallucination = HallucinationDetector(
-            tokenizer, load_factual_questions(halluc_settings.source), embedder,
-            halluc_settings.hallucination_n_samples, halluc_settings.temperature, halluc_settings.max_new_tokens,
-            seed, system_prompt, halluc_settings.batch_size, response_format,
-        )  # fmt: skip
-        result = hallucination.evaluate(model)
-        halluc_rows = result.rows
-        metrics.update(hallucination_metrics(result, halluc_settings, embedder.name))
+    t = time.perf_counter()
+    halluc_rows, hallucination = _hallucination(ev, response_format, seed)
+    if hallucination:
+        metrics.update(hallucination)
         timings["hallucination"] = time.perf_counter() - t
 
     metrics["refusal_detector"] = detector_info
@@ -256,7 +353,7 @@ def run(
     metrics["seconds_by_part"] = timings
     metrics.update(peak_memory())
     _write_csv(outputs["refusals"], rows)
-    _write_csv(outputs["mmlu"], mmlu_rows, MMLU_COLUMNS[mmlu_settings.scoring])
+    _write_csv(outputs["mmlu"], mmlu_rows, MMLU_COLUMNS[settings.mmlu_settings().scoring])
     _write_csv(outputs["hallucination"], halluc_rows, HALLUCINATION_COLUMNS)
     atomic_write_json(outputs["metrics"], metrics)
     log.info(
