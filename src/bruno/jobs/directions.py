@@ -47,26 +47,20 @@ def cone_weights(shares: torch.Tensor, weighting: str) -> torch.Tensor:
     raise ValueError(f"unknown cone_weighting {weighting!r}")
 
 
-def compute(
+def _primary(
     harmful: torch.Tensor,
     harmless: torch.Tensor,
-    categories: list[str],
+    mean_diff: torch.Tensor,
     settings: DirectionSettings,
     seed: int,
-    refused: list[bool] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """All direction sets from residuals ([n, L+1, d]); returns (tensors, metadata)."""
-    method = settings.direction_method
-    harmful_mean, harmless_mean = harmful.double().mean(0), harmless.double().mean(0)
-    orthogonalize = settings.orthogonalize_direction
-    mean_diff = mean_difference(harmful_mean, harmless_mean, orthogonalize=False)
-    tensors: dict[str, Any] = {"harmful_mean": harmful_mean.float(), "harmless_mean": harmless_mean.float()}
-    meta: dict[str, Any] = {"method": method, "orthogonalize_direction": orthogonalize}
-    n_components = settings.n_refusal_directions
+) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+    """The primary per-layer direction of `settings.direction_method`, the contrastive PCA (or None) and metadata."""
+    method, n_components = settings.direction_method, settings.n_refusal_directions
     if n_components > 1 and method not in ("pca", "ensemble_probe_pca"):
         raise BrunoError(
             "config key 'directions.n_refusal_directions' > 1 needs direction_method pca or ensemble_probe_pca."
         )
+    meta: dict[str, Any] = {}
     pca = probe = None
     if method in ("pca", "ensemble_probe_pca"):
         pca = contrastive_pca(
@@ -86,76 +80,116 @@ def compute(
         primary = probe.directions
     else:
         primary = ensemble(
-            probe.directions,
-            pca.components[0],
-            settings.ensemble_weight_probe,
-            settings.ensemble_weight_pca,
+            probe.directions, pca.components[0], settings.ensemble_weight_probe, settings.ensemble_weight_pca
         )
     meta["primary_vs_mean_difference_cosine"] = (primary * mean_diff).sum(-1).tolist()
+    return primary, pca, meta
+
+
+def _cones(
+    harmful: torch.Tensor, harmless: torch.Tensor, categories: list[str], settings: DirectionSettings, seed: int,
+    pca: Any, finish: Any,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:  # fmt: skip
+    """Concept-cone tensors (none when the cones are rejected or off) and their metadata."""
+    if not settings.use_concept_cones:
+        return {}, {"status": "off"}
+    cones = find_cones(
+        harmful, harmless, categories, settings.n_concept_cones, settings.min_cone_size,
+        settings.directions_per_cone, settings.min_silhouette_score, settings.cone_layer_fraction, seed,
+    )  # fmt: skip
+    meta = {"status": "used" if cones.accepted else "fallback", "reason": cones.reason,
+            "silhouette": cones.silhouette, "cones": cones.info}  # fmt: skip
+    if not cones.accepted:
+        log.warning(
+            "concept cones NOT used (%s): falling back to the single %s direction",
+            cones.reason, settings.direction_method,
+        )  # fmt: skip
+        return {}, meta
+    n, k = cones.directions.shape[:2]
+    tensors = {
+        "cone_directions": torch.stack(
+            [torch.stack([finish(cones.directions[c, j]) for j in range(k)]) for c in range(n)]
+        ),
+        "cone_shares": torch.tensor(cones.shares),
+    }
+    tensors["cone_weights"] = cone_weights(tensors["cone_shares"], settings.cone_weighting)
+    # The cone's j-th direction is weighted like the j-th PCA component where the method has one, else 1.
+    pca_weights = pca.weights.tolist() if pca is not None else []
+    weights = [1.0] + [pca_weights[j] if j < len(pca_weights) else 1.0 for j in range(1, k)]
+    tensors["cone_direction_weights"] = torch.tensor(weights)
+    log.info("concept cones: %s", cones.reason)
+    return tensors, meta
+
+
+def _caa(
+    harmful: torch.Tensor, refused: list[bool] | None, directions: torch.Tensor, settings: DirectionSettings
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The CAA compliance direction and strength (none when skipped or off) and its metadata."""
+    if not settings.use_caa:
+        return {}, {"applied": False, "reason": "off"}
+    if refused is None:
+        raise ValueError("CAA needs the base model's refusal verdicts on the harmful train prompts")
+    caa = compliance_direction(
+        harmful, refused, directions, settings.caa_min_examples, settings.caa_max_overlap
+    )
+    direction = caa.pop("direction", None)
+    meta = {**caa, "strength": settings.caa_addition_strength}
+    if direction is None:
+        log.warning("CAA skipped: %s", caa["reason"])
+        return {}, meta
+    return {
+        "caa_direction": direction,
+        "caa_strength": torch.tensor(float(settings.caa_addition_strength)),
+    }, meta
+
+
+def _calibration(
+    harmful: torch.Tensor, directions: torch.Tensor, settings: DirectionSettings
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The activation-calibration factor (none when off) and its metadata."""
+    if not settings.use_activation_calibration:
+        return {}, {"factor": 1.0, "status": "off"}
+    calibration = calibration_factor(
+        harmful, directions, settings.activation_calibration_layer_frac, settings.activation_target_percentile,
+        settings.activation_calibration_min_factor, settings.activation_calibration_max_factor,
+    )  # fmt: skip
+    log.info(
+        "activation calibration factor %.3f (raw %.3f)", calibration["factor"], calibration["raw_factor"]
+    )
+    return {"calibration_factor": torch.tensor(calibration["factor"])}, calibration
+
+
+def compute(
+    harmful: torch.Tensor,
+    harmless: torch.Tensor,
+    categories: list[str],
+    settings: DirectionSettings,
+    seed: int,
+    refused: list[bool] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """All direction sets from residuals ([n, L+1, d]); returns (tensors, metadata)."""
+    harmful_mean, harmless_mean = harmful.double().mean(0), harmless.double().mean(0)
+    orthogonalize = settings.orthogonalize_direction
+    mean_diff = mean_difference(harmful_mean, harmless_mean, orthogonalize=False)
+    tensors: dict[str, Any] = {"harmful_mean": harmful_mean.float(), "harmless_mean": harmless_mean.float()}
+    meta: dict[str, Any] = {"method": settings.direction_method, "orthogonalize_direction": orthogonalize}
+    primary, pca, primary_meta = _primary(harmful, harmless, mean_diff, settings, seed)
+    meta.update(primary_meta)
 
     def finish(rows: torch.Tensor) -> torch.Tensor:
         return _project(rows, harmless_mean) if orthogonalize else rows.float()
 
     tensors["directions"] = finish(primary)
-    if pca is not None and n_components > 1:
+    if pca is not None and settings.n_refusal_directions > 1:
         tensors["extra_directions"] = torch.stack([finish(c) for c in pca.components[1:]])
         tensors["extra_weights"] = pca.weights[1:].clone()
-
-    if settings.use_concept_cones:
-        cones = find_cones(
-            harmful, harmless, categories, settings.n_concept_cones, settings.min_cone_size,
-            settings.directions_per_cone, settings.min_silhouette_score, settings.cone_layer_fraction, seed,
-        )  # fmt: skip
-        meta["concept_cones"] = {"status": "used" if cones.accepted else "fallback", "reason": cones.reason,
-                                 "silhouette": cones.silhouette, "cones": cones.info}  # fmt: skip
-        if cones.accepted:
-            n, k = cones.directions.shape[:2]
-            tensors["cone_directions"] = torch.stack(
-                [torch.stack([finish(cones.directions[c, j]) for j in range(k)]) for c in range(n)]
-            )
-            tensors["cone_shares"] = torch.tensor(cones.shares)
-            tensors["cone_weights"] = cone_weights(tensors["cone_shares"], settings.cone_weighting)
-            # The cone's j-th direction is weighted like the j-th PCA component where the method has one, else 1.
-            pca_weights = pca.weights.tolist() if pca is not None else []
-            weights = [1.0] + [pca_weights[j] if j < len(pca_weights) else 1.0 for j in range(1, k)]
-            tensors["cone_direction_weights"] = torch.tensor(weights)
-            log.info("concept cones: %s", cones.reason)
-        else:
-            log.warning(
-                "concept cones NOT used (%s): falling back to the single %s direction", cones.reason, method
-            )
-    else:
-        meta["concept_cones"] = {"status": "off"}
-
-    if settings.use_caa:
-        if refused is None:
-            raise ValueError("CAA needs the base model's refusal verdicts on the harmful train prompts")
-        caa = compliance_direction(
-            harmful, refused, tensors["directions"], settings.caa_min_examples, settings.caa_max_overlap
-        )
-        direction = caa.pop("direction", None)
-        meta["caa"] = {**caa, "strength": settings.caa_addition_strength}
-        if direction is not None:
-            tensors["caa_direction"] = direction
-            tensors["caa_strength"] = torch.tensor(float(settings.caa_addition_strength))
-        else:
-            log.warning("CAA skipped: %s", caa["reason"])
-    else:
-        meta["caa"] = {"applied": False, "reason": "off"}
-
-    if settings.use_activation_calibration:
-        calibration = calibration_factor(
-            harmful, tensors["directions"], settings.activation_calibration_layer_frac,
-            settings.activation_target_percentile, settings.activation_calibration_min_factor,
-            settings.activation_calibration_max_factor,
-        )  # fmt: skip
-        tensors["calibration_factor"] = torch.tensor(calibration["factor"])
-        meta["calibration"] = calibration
-        log.info(
-            "activation calibration factor %.3f (raw %.3f)", calibration["factor"], calibration["raw_factor"]
-        )
-    else:
-        meta["calibration"] = {"factor": 1.0, "status": "off"}
+    for key, (extra, part_meta) in (
+        ("concept_cones", _cones(harmful, harmless, categories, settings, seed, pca, finish)),
+        ("caa", _caa(harmful, refused, tensors["directions"], settings)),
+        ("calibration", _calibration(harmful, tensors["directions"], settings)),
+    ):
+        tensors.update(extra)
+        meta[key] = part_meta
     meta["separation"] = layer_separation(harmful_mean, harmless_mean)
     return tensors, meta
 

@@ -128,6 +128,58 @@ def extra_objectives(
     return objectives
 
 
+def _start_workers(
+    n_parallel: int, threads: int, worker_args: dict[str, Any]
+) -> TrialWorkers | None:  # fmt: skip
+    """With more than one trial at a time, that many worker processes, the job's torch threads split among them."""
+    if n_parallel <= 1:
+        return None
+    threads_each = max(1, threads // n_parallel)
+    log.info("%d trials at a time, on %d worker processes with %d thread(s) each", n_parallel, n_parallel,
+             threads_each)  # fmt: skip
+    return TrialWorkers(functools.partial(_worker_evaluator, **worker_args), n_parallel, threads_each)
+
+
+def _check_space(space: SearchSpace) -> None:
+    for name, dist in space.distributions().items():
+        if hasattr(dist, "low") and dist.low > dist.high:
+            raise BrunoError(
+                f"config key 'search' ({name}): range lower bound {dist.low} exceeds upper bound {dist.high}."
+            )
+
+
+def _fingerprint(
+    space: SearchSpace, objectives: list[str], settings: SearchSettings, abliteration: AbliterationSettings,
+    payload: dict[str, Any], model_path: str, system_prompt: str | None, refusal_prompts: list[str],
+    kl_prompts: list[str], refusal_markers: list[str], prefix: str,
+) -> dict[str, Any]:  # fmt: skip
+    """What a stored study must match to be resumed: every input that changes what a trial measures."""
+    return {
+        "search_space": space.describe(),
+        "objectives": objectives,
+        "extra_objective_settings": {
+            "hallucination": [settings.hallucination_check_n_questions, settings.hallucination_n_samples]
+            if "hallucination_score" in objectives
+            else None,
+            "capability": settings.capability_check_n_questions if "capability_loss" in objectives else None,
+        },
+        "directions": _tensor_hash(payload),
+        "model": model_path,
+        "refusal_prompts": sha256_texts(refusal_prompts),
+        "kl_prompts": sha256_texts(kl_prompts),
+        "system_prompt": system_prompt or "",
+        "max_new_tokens": settings.max_new_tokens,
+        "abliteration": {
+            "components": abliteration.components,
+            "norm_preservation": abliteration.norm_preservation,
+            "biprojected": abliteration.biprojected,
+        },  # fmt: skip
+        "refusal_markers": sha256_texts(refusal_markers),
+        "refusal_constraint": settings.refusal_constraint,
+        **({"response_prefix": prefix} if prefix else {}),  # absent when '': older studies still resume
+    }
+
+
 def prepare(
     model_path: str,
     model_settings: ModelSettings,
@@ -156,17 +208,12 @@ def prepare(
         if parallel
         else 1
     )
-    workers = None
-    if n_parallel > 1:
-        threads_each = max(1, threads // n_parallel)
-        log.info("%d trials at a time, on %d worker processes with %d thread(s) each", n_parallel, n_parallel,
-                 threads_each)  # fmt: skip
-        factory = functools.partial(
-            _worker_evaluator, model_path=model_path, model_settings=model_settings, directions_path=directions_path,
-            harmful_val_path=harmful_val_path, harmless_val_path=harmless_val_path, settings=settings,
-            abliteration=abliteration, refusal_markers=refusal_markers, evaluation=evaluation, seed=seed,
-        )  # fmt: skip
-        workers = TrialWorkers(factory, n_parallel, threads_each)
+    workers = _start_workers(n_parallel, threads, dict(
+        model_path=model_path, model_settings=model_settings, directions_path=directions_path,
+        harmful_val_path=harmful_val_path, harmless_val_path=harmless_val_path, settings=settings,
+        abliteration=abliteration, refusal_markers=refusal_markers, evaluation=evaluation, seed=seed,
+    ))  # fmt: skip
+    system_prompt = model_settings.system_prompt
     with contextlib.ExitStack() as on_error:  # the workers stop if this preparation fails
         if workers is not None:
             on_error.callback(workers.close)
@@ -176,14 +223,9 @@ def prepare(
         refusal_prompts = [p.text for p in read_prompts(harmful_val_path)][: settings.n_refusal_prompts]
         kl_prompts = [p.text for p in read_prompts(harmless_val_path)][: settings.n_kl_prompts]
         prefix, tags = payload["metadata"].get("response_prefix", ""), model_settings.thinking_tags
-        response_format = ResponseFormat.of(tokenizer, model_settings.system_prompt, prefix, tags)
+        response_format = ResponseFormat.of(tokenizer, system_prompt, prefix, tags)
         batch_size = resolve_batch_size(
-            settings.batch_size,
-            model,
-            tokenizer,
-            refusal_prompts,
-            model_settings.system_prompt,
-            settings.max_new_tokens,
+            settings.batch_size, model, tokenizer, refusal_prompts, system_prompt, settings.max_new_tokens
         )
         evaluator = TrialEvaluator(
             model,
@@ -193,7 +235,7 @@ def prepare(
             abliteration.norm_preservation,
             refusal_prompts,
             kl_prompts,
-            model_settings.system_prompt,
+            system_prompt,
             batch_size,
             settings.max_new_tokens,
             MarkerDetector(refusal_markers),
@@ -203,42 +245,16 @@ def prepare(
             response_prefix=prefix,
             thinking_tags=tags,
             extra_objectives=extra_objectives(
-                settings, evaluation, tokenizer, model_settings.system_prompt, seed, response_format
+                settings, evaluation, tokenizer, system_prompt, seed, response_format
             ),
         )
         objectives = OBJECTIVES + [name for name in EXTRA_OBJECTIVES if name in evaluator.extra_objectives]
         space = SearchSpace.resolve(settings, evaluator.n_layers, abliteration.components)
-        for name, dist in space.distributions().items():
-            if hasattr(dist, "low") and dist.low > dist.high:
-                raise BrunoError(
-                    f"config key 'search' ({name}): range lower bound {dist.low} exceeds upper bound {dist.high}."
-                )
-        fingerprint = {
-            "search_space": space.describe(),
-            "objectives": objectives,
-            "extra_objective_settings": {
-                "hallucination": [settings.hallucination_check_n_questions, settings.hallucination_n_samples]
-                if "hallucination_score" in objectives
-                else None,
-                "capability": settings.capability_check_n_questions
-                if "capability_loss" in objectives
-                else None,
-            },
-            "directions": _tensor_hash(payload),
-            "model": model_path,
-            "refusal_prompts": sha256_texts(refusal_prompts),
-            "kl_prompts": sha256_texts(kl_prompts),
-            "system_prompt": model_settings.system_prompt or "",
-            "max_new_tokens": settings.max_new_tokens,
-            "abliteration": {
-                "components": abliteration.components,
-                "norm_preservation": abliteration.norm_preservation,
-                "biprojected": abliteration.biprojected,
-            },  # fmt: skip
-            "refusal_markers": sha256_texts(refusal_markers),
-            "refusal_constraint": settings.refusal_constraint,
-            **({"response_prefix": prefix} if prefix else {}),  # absent when '': older studies still resume
-        }
+        _check_space(space)
+        fingerprint = _fingerprint(
+            space, objectives, settings, abliteration, payload, model_path, system_prompt, refusal_prompts,
+            kl_prompts, refusal_markers, prefix,
+        )  # fmt: skip
         on_error.pop_all()
     return SearchContext(
         evaluator, directions, space, fingerprint, settings, objectives, TrialPool(evaluator, workers)
