@@ -100,18 +100,17 @@ def _job_threads(run, rule: str) -> list[int]:
 
 
 def test_cpu_profile_runs_model_jobs_one_thread_each_but_the_search(tmp_path: Path):
-    """The real-model config under the CPU profile on 2 cores: evaluations, healing and directions take one thread
-    each (two run at once), the search keeps both cores for its own trial workers."""
+    """The real-model config under the CPU profile on 2 cores: directions, searches, evaluations and healing take one
+    thread each (two run at once); safety tuning, alone in the DAG at its time, keeps both cores."""
     profile = load(CPU)
     assert profile["cores"] == "all" and "software-deployment-method" not in profile
     unknown = sorted(set(profile["set-threads"]) - set(RULES))
     assert not unknown, f"set-threads names rules that do not exist: {unknown}"
     (tmp_path / "data").symlink_to(REPO / "data")
     run = dry_run(tmp_path, "--profile", str(CPU), "--cores", "2", "--configfile", str(REAL))
-    for rule in ("directions", "abliterate", "evaluate_base", "evaluate_stage", "heal"):
+    for rule in ("directions", "optimize", "abliterate", "evaluate_base", "evaluate_stage", "heal"):
         assert run.jobs.get(rule), f"{rule} is not planned"
         assert _job_threads(run, rule) == [1] * run.jobs[rule], rule
-    assert _job_threads(run, "optimize") == [2] * run.jobs["optimize"]
     assert _job_threads(run, "safety_tune") == [2]
 
 
