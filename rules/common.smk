@@ -392,17 +392,30 @@ def get_search_inputs(wildcards):
 
 
 def get_optimize_inputs(wildcards):
-    """One worker: the search inputs. Several: the workers' sentinels (the job only writes the snapshot)."""
+    """One worker: the search inputs. Several: the workers' sentinels (the job only writes the snapshot), and the
+    search inputs again when it confirms the candidates first."""
     workers = VARIANTS[wildcards.variant]["search"]["optimize_workers"]
     if workers > 1:
-        return {
+        sentinels = {
             "workers": expand(
                 "results/{variant}/optuna/worker{worker}.done",
                 variant=wildcards.variant,
                 worker=range(workers),
             )
         }
+        confirms = VARIANTS[wildcards.variant]["selection"]["confirm_prompts"] > 0
+        return {**sentinels, **(get_search_inputs(wildcards) if confirms else {})}
     return get_search_inputs(wildcards)
+
+
+CONFIRM_KEYS = ("confirm_prompts", "confirm_candidates", "confirm_max_new_tokens")
+
+
+def get_confirmation(wildcards):
+    """params function of the search rules: the selection keys the search job reads (bruno.confirm), so that a change
+    of selection.max_refusal_rate re-runs only `select`."""
+    selection = VARIANTS[wildcards.variant]["selection"]
+    return {key: selection[key] for key in CONFIRM_KEYS}
 
 
 def optimize_gpus(wildcards):

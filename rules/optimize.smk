@@ -2,7 +2,8 @@
 # `optimize` job runs the whole study and writes the SQLite snapshot study.db. With N > 1, `init_study` creates the
 # study once, N `optimize_worker` jobs share it (e.g. one GPU job each on a cluster), and `optimize` only writes the
 # snapshot: one job (its params, script and threads) on other inputs and outputs, hence `use rule optimize`. The working
-# study is never an `output:`, so a failed or killed job never deletes its trials: rerunning resumes it.
+# study is never an `output:`, so a failed or killed job never deletes its trials: rerunning resumes it. With
+# selection.confirm_prompts > 0 the job that writes the snapshot first confirms the candidates (bruno.confirm).
 
 
 rule optimize:
@@ -30,6 +31,7 @@ rule optimize:
         abliteration=variant_section("abliteration"),
         refusal_markers=config["evaluation"]["refusal_markers"],
         evaluation=get_search_evaluation,
+        confirmation=get_confirmation,
         seed=variant_seed,
     script:
         "../scripts/optimize.py"

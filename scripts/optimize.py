@@ -12,9 +12,13 @@ def main(snakemake, log):
     from bruno.model import ModelSettings
     from bruno.plan import AbliterationSettings
     from bruno.search import SearchSettings
+    from bruno.select import SelectionSettings
 
     settings = settings_from_dict(SearchSettings, snakemake.params.search, "search")
-    if snakemake.rule == "optimize" and settings.optimize_workers > 1:
+    # only the selection keys the search reads (rules/common.smk: get_confirmation)
+    selection = settings_from_dict(SelectionSettings, snakemake.params.confirmation, "selection")
+    several = snakemake.rule == "optimize" and settings.optimize_workers > 1  # the workers ran the trials
+    if several and selection.confirm_prompts == 0:
         optimize.snapshot_only(snakemake.params.journal, snakemake.output.study)
         return
     ctx = optimize.prepare(
@@ -29,15 +33,17 @@ def main(snakemake, log):
         # only the keys of the enabled extra objectives (rules/common.smk: get_search_evaluation)
         evaluation=settings_from_dict(EvaluationSettings, snakemake.params.evaluation, "evaluation"),
         seed=snakemake.params.seed,
-        parallel=snakemake.rule != "init_study",  # creating the study scores no trials
+        parallel=snakemake.rule != "init_study" and not several,  # creating or confirming runs no trials
     )
     seed = snakemake.params.seed
     if snakemake.rule == "init_study":
         optimize.init(ctx, seed, snakemake.params.journal)
     elif snakemake.rule == "optimize_worker":
         optimize.work(ctx, seed, snakemake.params.journal, int(snakemake.wildcards.worker))
+    elif several:
+        optimize.snapshot_only(snakemake.params.journal, snakemake.output.study, ctx, selection)
     else:
-        optimize.run(ctx, seed, snakemake.params.journal, snakemake.output.study)
+        optimize.run(ctx, seed, snakemake.params.journal, snakemake.output.study, selection)
 
 
 run_job(snakemake, main)

@@ -139,7 +139,7 @@ def test_the_config_picks_the_scorer():
 def test_capability_objective_uses_the_configured_scoring(tiny_model_dir, scoring):
     from bruno.capability import search_questions
     from bruno.evaluate import EvaluationSettings
-    from bruno.jobs.optimize import extra_objectives
+    from bruno.objectives import extra_objectives
     from bruno.search import SearchSettings
 
     model, tok = load_model(tiny_model_dir, ModelSettings())

@@ -26,7 +26,7 @@ def reduced_real_config() -> dict:
     """config/real.yaml with one variant and small prompt, trial and token budgets (each key the user's file sets
     stays; only sizes shrink)."""
     config = yaml.safe_load((REPO / "config" / "real.yaml").read_text())
-    splits = {"train": 64, "val": 16, "test": 32}
+    splits = {"train": 64, "val": 24, "test": 32}
     config["data"] = {
         name: {
             split: {"path": f"data/prompts/{name}.jsonl", "record_split": split, "limit": n}
@@ -39,6 +39,7 @@ def reduced_real_config() -> dict:
     config["search"].update(
         n_trials=6, n_startup_trials=3, n_refusal_prompts=16, n_kl_prompts=16, max_new_tokens=8
     )
+    config["selection"].update(confirm_prompts=8, confirm_candidates=2)  # val prompts 17-24
     config["healing"].update(
         dpo_max_steps=4, n_harmful_pairs=8, n_harmless_pairs=16, max_new_tokens=12,
         checkpoint_every=2, checkpoint_val_prompts=16,

@@ -104,6 +104,22 @@ def test_the_search_params_block_is_written_once(before):
     assert len(jobs) == 4 and all(before[job]["params"] == before[jobs[0]]["params"] for job in jobs)
 
 
+def test_the_selection_threshold_reruns_only_selection_and_confirmation_reruns_the_search(plan, before):
+    after = plan({"selection": {"max_refusal_rate": 0.1}})
+    assert changed_jobs(before, after) == {job for job in before if rule_of(job) in {"select", "report"}}
+    # confirmation is scored by the search job (bruno.confirm): with several workers the job that writes the
+    # snapshot confirms, so it reads the search inputs too
+    after = plan({"variants": {"objective": {"selection": {"confirm_prompts": 16}}}})
+    assert changed_jobs(before, after) == {
+        job for job in before
+        if "variant=objective" in job and rule_of(job) in SEARCH_RULES | {"select"} or rule_of(job) == "report"
+    }  # fmt: skip
+    confirmation = ast.literal_eval(after["optimize[variant=objective]"]["params"]["confirmation"])
+    assert confirmation == {"confirm_prompts": 16, "confirm_candidates": 4, "confirm_max_new_tokens": None}
+    assert "results/objective/directions.pt" in after["optimize[variant=objective]"]["input"]
+    assert "results/objective/directions.pt" not in before["optimize[variant=objective]"]["input"]
+
+
 def test_a_search_reads_the_question_file_of_its_extra_objective(before):
     for job in ("init_study[variant=objective]", "optimize_worker[variant=objective,worker=1]"):
         assert "data/eval/factual_qa.jsonl" in before[job]["input"], job

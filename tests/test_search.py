@@ -156,10 +156,14 @@ DRIVER = textwrap.dedent(
         settings=SearchSettings(n_trials=args["n_trials"], n_startup_trials=3, ranges=args["ranges"], max_new_tokens=args["tokens"], **args.get("extra", {})),
         abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"], evaluation=evaluation)
     mode = args.get("mode", "single")
+    from bruno.select import SelectionSettings
+    selection = SelectionSettings(**args["selection"]) if "selection" in args else None
     if mode == "single":
-        optimize.run(ctx, seed=0, storage=args["work"], out_db=args["out"])
+        optimize.run(ctx, seed=0, storage=args["work"], out_db=args["out"], selection=selection)
     elif mode == "init":
         optimize.init(ctx, seed=0, journal=args["journal"])
+    elif mode == "snapshot":  # the optimize job after several workers: confirm, then snapshot
+        optimize.snapshot_only(args["journal"], args["out"], ctx, selection)
     else:
         optimize.work(ctx, seed=0, journal=args["journal"], worker=args["worker"])
     """
@@ -250,14 +254,39 @@ def test_same_seed_same_trials(search_inputs, tmp_path):
     assert values_a == values_b
 
 
+def test_the_search_job_confirms_its_candidates_for_selection(search_inputs, tmp_path):
+    from bruno.jobs import select
+
+    selection = {"confirm_prompts": 3, "confirm_candidates": 2, "confirm_max_new_tokens": 5}
+    result = search_inputs.run(n_trials=4, tokens=3, extra={"n_refusal_prompts": 3}, selection=selection)
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = optuna.load_study(study_name="abliteration", storage=f"sqlite:///{search_inputs.args['out']}")
+    confirmation = study.user_attrs["confirmation"]  # in the snapshot select reads
+    assert confirmation["settings"]["max_new_tokens"] == 5 and len(confirmation["trials"]) == 2
+    assert all(c["n_prompts"] == 3 for c in confirmation["trials"].values())
+    best = select.run(search_inputs.args["out"], SelectionSettings(**selection), "v", tmp_path / "best.json")
+    assert str(best["trial_number"]) in confirmation["trials"]
+    assert best["metrics_confirmation"] == confirmation["trials"][str(best["trial_number"])]
+    assert "confirmed" in best["selection"]["rule"]
+    with pytest.raises(BrunoError, match="holds no confirmation"):  # a study searched without confirmation
+        plain = search_inputs.run(
+            n_trials=2, tokens=3, work=str(tmp_path / "w.log"), out=str(tmp_path / "p.db")
+        )
+        assert plain.returncode == 0, plain.stderr[-2000:]
+        select.run(tmp_path / "p.db", SelectionSettings(**selection), "v", tmp_path / "best2.json")
+    assert not (tmp_path / "best2.json").exists()
+
+
 def test_parallel_workers_share_one_journal_study(search_inputs, tmp_path):
     from bruno.search import snapshot
 
     journal = str(tmp_path / "journal.log")
-    init = search_inputs.run(n_trials=6, tokens=4, mode="init", journal=journal)
+    four = {"n_refusal_prompts": 4}  # of the 6 harmful val prompts: 2 left for the confirmation
+    init = search_inputs.run(n_trials=6, tokens=4, mode="init", journal=journal, extra=four)
     assert init.returncode == 0, init.stderr[-2000:]
     workers = [
-        search_inputs.popen(n_trials=6, tokens=4, mode="worker", journal=journal, worker=w) for w in (0, 1)
+        search_inputs.popen(n_trials=6, tokens=4, mode="worker", journal=journal, worker=w, extra=four)
+        for w in (0, 1)
     ]
     assert [w.wait(timeout=300) for w in workers] == [0, 0]
     snapshot(journal, tmp_path / "merged.db")
@@ -267,10 +296,17 @@ def test_parallel_workers_share_one_journal_study(search_inputs, tmp_path):
     # Which worker ran how many trials depends on timing (under load one may finish all before the other starts).
     assert {t.user_attrs["worker"] for t in complete} <= {0, 1}
     # One study: a worker started after the cap is reached finds the others' trials and adds none.
-    late = search_inputs.run(n_trials=6, tokens=4, mode="worker", journal=journal, worker=2)
+    late = search_inputs.run(n_trials=6, tokens=4, mode="worker", journal=journal, worker=2, extra=four)
     assert late.returncode == 0, late.stderr[-2000:]
     snapshot(journal, tmp_path / "after.db")
     assert len([t for t in _trials(tmp_path / "after.db") if t.state == TrialState.COMPLETE]) == len(complete)
+    # the job that writes the snapshot confirms the candidates when selection asks for it
+    selection = {"confirm_prompts": 2, "confirm_candidates": 3}
+    final = search_inputs.run(n_trials=6, tokens=4, mode="snapshot", journal=journal, selection=selection,
+                              extra=four, out=str(tmp_path / "final.db"))  # fmt: skip
+    assert final.returncode == 0, final.stderr[-2000:]
+    confirmed = optuna.load_study(study_name="abliteration", storage=f"sqlite:///{tmp_path / 'final.db'}")
+    assert len(confirmed.user_attrs["confirmation"]["trials"]) == 3
     assert (
         complete[0].params
         == optuna.load_study(study_name="abliteration", storage=f"sqlite:///{tmp_path / 'merged.db'}")

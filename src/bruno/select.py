@@ -1,5 +1,7 @@
 """Choosing the trial to export: the lowest-KL trial among those whose refusal rate is at most `max_refusal_rate`;
-if none qualifies, the fewest refusals, then the lowest KL. Ties break on the trial number (earliest wins).
+if none qualifies, the fewest refusals, then the lowest KL. Ties break on the trial number (earliest wins). With a
+confirmation in the study (`bruno.confirm`), only the confirmed candidates compete and their refusal rate is the one
+measured on the fresh confirmation prompts.
 
 Optional extra objectives (hallucination score, capability loss) enter as configured: `constraint` (default) keeps only
 qualifying trials within `max_capability_drop` / `max_hallucination_increase` of the base model's values — dropped, and
@@ -30,6 +32,10 @@ class SelectionSettings:
     extra_objectives: str = _default("extra_objectives")
     max_capability_drop: float = _default("max_capability_drop")
     max_hallucination_increase: float = _default("max_hallucination_increase")
+    # Read by the search job (`bruno.confirm`), which receives only these keys.
+    confirm_prompts: int = _default("confirm_prompts")
+    confirm_candidates: int = _default("confirm_candidates")
+    confirm_max_new_tokens: int | None = _default("confirm_max_new_tokens")
 
 
 def select_trial(
@@ -37,6 +43,7 @@ def select_trial(
     settings: SelectionSettings,
     objectives: Sequence[str] = DEFAULT_OBJECTIVES,
     base_extra: Mapping[str, float] | None = None,
+    confirmation: Mapping[str, Any] | None = None,
 ) -> tuple[FrozenTrial, dict[str, Any]]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
     if not complete:
@@ -44,18 +51,28 @@ def select_trial(
             "The study has no COMPLETE trial to select from; all trials failed. See the optimize log."
         )
     extras = list(objectives[2:])
+    confirmed = {int(n): counts for n, counts in (confirmation or {}).get("trials", {}).items()}
 
     def value(t: FrozenTrial, name: str) -> float:
+        if name == "refusal_rate" and confirmed:
+            return confirmed[t.number]["refusal_rate"]
         return t.values[list(objectives).index(name)]
 
-    qualified = [t for t in complete if value(t, "refusal_rate") <= settings.max_refusal_rate]
     info: dict[str, Any] = {
         "max_refusal_rate": settings.max_refusal_rate,
-        "qualified_trials": len(qualified),
         "complete_trials": len(complete),
-        "objectives": list(objectives),
-        "tie_break": "trial number (earliest)",
     }
+    if confirmed:
+        complete = [t for t in complete if t.number in confirmed]
+        info["confirmation"] = {
+            "refusal_rate_on": "confirmation prompts (fresh harmful val prompts)",
+            "settings": confirmation["settings"],
+            "candidates": sorted(confirmed),
+        }
+    qualified = [t for t in complete if value(t, "refusal_rate") <= settings.max_refusal_rate]
+    info.update(
+        qualified_trials=len(qualified), objectives=list(objectives), tie_break="trial number (earliest)"
+    )
     pool = qualified
     if extras and qualified:
         info["extra_objectives"] = settings.extra_objectives
@@ -76,11 +93,14 @@ def select_trial(
         tie = extras if extras and settings.extra_objectives == "tie_break" else []
         best = min(pool, key=lambda t: (value(t, "kl_divergence"), *(value(t, n) for n in tie), t.number))
         rule = f"lowest KL among trials with refusal_rate <= max_refusal_rate ({settings.max_refusal_rate})"
+        if confirmed:
+            rule = f"lowest KL among confirmed candidates with confirmed refusal_rate <= {settings.max_refusal_rate}"
         if pool is not qualified:
             rule += " and within the extra-objective limits"
     else:
         best = min(complete, key=lambda t: (value(t, "refusal_rate"), value(t, "kl_divergence"), t.number))
         rule = (
-            f"no trial reached refusal_rate <= {settings.max_refusal_rate}: fewest refusals, then lowest KL"
+            f"no {'confirmed candidate' if confirmed else 'trial'} reached refusal_rate <= "
+            f"{settings.max_refusal_rate}: fewest refusals, then lowest KL"
         )
     return best, {"rule": rule, **info}

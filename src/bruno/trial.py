@@ -9,6 +9,7 @@ hooked model, timed separately.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -79,11 +80,10 @@ class TrialEvaluator:
         opened = prompt_opened(tokenizer, system_prompt, response_prefix, thinking_tags)
         self.detector = AnswerOnly(detector or MarkerDetector(), thinking_tags, opened)
         self.targets = EditTargets(model, components)
-        device = model_device(model)
-        self.refusal_batches = encode(
-            tokenizer, refusal_prompts, system_prompt, batch_size, device, response_prefix
-        )
-        self.kl_batches = encode(tokenizer, kl_prompts, system_prompt, batch_size, device, response_prefix)
+        self._encoding = (system_prompt, batch_size, response_prefix)
+        self._prefix_reuse_mb = prefix_reuse_mb
+        self.refusal_batches = self._encode(refusal_prompts)
+        self.kl_batches = self._encode(kl_prompts)
         self.n_refusal_prompts = len(refusal_prompts)
         self.base_logprobs = first_token_logprobs(model, self.kl_batches)
         # The base model's leading layers on these prompts, re-used by trials whose edits start later.
@@ -91,9 +91,28 @@ class TrialEvaluator:
         # The unedited model's values of the extra objectives: the reference for selection constraints.
         self.base_extra = {name: float(objective(model)) for name, objective in self.extra_objectives.items()}
 
+    def _encode(self, prompts: Sequence[str]) -> list[Any]:
+        system_prompt, batch_size, response_prefix = self._encoding
+        return encode(
+            self.tokenizer, prompts, system_prompt, batch_size, model_device(self.model), response_prefix
+        )
+
     @property
     def n_layers(self) -> int:
         return self.targets.n_layers
+
+    def rescoring(self, refusal_prompts: Sequence[str], max_new_tokens: int) -> TrialEvaluator:
+        """An evaluator on the same model, directions, KL prompts and detector that counts refusals on other prompts
+        with another token budget and no extra objectives (`bruno.confirm`). This evaluator's prefix cache is
+        released for the other's (its trials still score, without re-use)."""
+        other = copy.copy(self)
+        other.refusal_batches = self._encode(refusal_prompts)
+        other.n_refusal_prompts = len(refusal_prompts)
+        other.max_new_tokens = max_new_tokens
+        other.extra_objectives = {}
+        self.prefix = PrefixReuse(self.model, [], [], 0)
+        other.prefix = PrefixReuse(self.model, other.refusal_batches, self.kl_batches, self._prefix_reuse_mb)
+        return other
 
     def evaluate(self, params: AblationParams) -> TrialResult:
         start = time.perf_counter()

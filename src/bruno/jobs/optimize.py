@@ -21,12 +21,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from bruno.confirm import confirm, confirmation_prompts
 from bruno.device import resolve_batch_size
 from bruno.directions import load_directions
 from bruno.errors import BrunoError
 from bruno.evaluate import EvaluationSettings
-from bruno.io import sha256_bytes, sha256_texts
+from bruno.fingerprint import study_fingerprint
 from bruno.model import ModelSettings, load_model, resolve_device
+from bruno.objectives import extra_objectives
 from bruno.plan import AbliterationSettings, DirectionSet
 from bruno.prompts import read_prompts
 from bruno.refusal import MarkerDetector
@@ -43,7 +45,8 @@ from bruno.search import (
     snapshot,
     warm_start_values,
 )
-from bruno.thinking import DEFAULT_FORMAT, ResponseFormat
+from bruno.select import SelectionSettings
+from bruno.thinking import ResponseFormat
 from bruno.trial import TrialEvaluator
 from bruno.trial_pool import TrialPool, TrialWorkers, model_bytes, resolve_parallel_trials
 
@@ -69,11 +72,6 @@ def _summary(values: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def _tensor_hash(payload: dict[str, Any]) -> str:
-    parts = [payload[k].numpy().tobytes() for k in sorted(payload) if hasattr(payload[k], "numpy")]
-    return sha256_bytes(b"".join(parts))
-
-
 @dataclass
 class SearchContext:
     evaluator: TrialEvaluator
@@ -83,49 +81,12 @@ class SearchContext:
     settings: SearchSettings
     objectives: list[str]
     pool: TrialPool  # this process's evaluator, or trial worker processes for several trials at a time
+    # every harmful val prompt: the search's first, then the confirmation's (bruno.confirm)
+    harmful_val: list[str]
 
     def close(self) -> None:
         """Stop the trial worker processes (they also stop when this process exits)."""
         self.pool.close()
-
-
-def extra_objectives(
-    settings: SearchSettings,
-    evaluation: EvaluationSettings | None,
-    tokenizer: Any,
-    system_prompt: str | None,
-    seed: int,
-    response_format: ResponseFormat = DEFAULT_FORMAT,
-) -> dict[str, Any]:
-    """Callables of the (hooked) model for the enabled extra objectives, on validation questions only.
-
-    The search rules pass only the `evaluation` keys read here (rules/common.smk, SEARCH_OBJECTIVE_SETTINGS); any
-    other key has its default, so a key newly read here must be added there."""
-    objectives: dict[str, Any] = {}
-    if not (settings.use_hallucination_detection or settings.use_capability_objective):
-        return objectives
-    if evaluation is None:
-        raise BrunoError("extra search objectives need the `evaluation` settings (their question sources)")
-    if settings.use_hallucination_detection:
-        from bruno.embedding import SentenceEmbedder
-        from bruno.hallucination import HallucinationDetector, load_factual_questions
-
-        hall = evaluation.hallucination_settings()
-        source = {**hall.source, "record_split": "val"} if "path" in hall.source else hall.source
-        questions = load_factual_questions(source)[: settings.hallucination_check_n_questions]
-        detector = HallucinationDetector(
-            tokenizer, questions, SentenceEmbedder(hall.embedding_model), settings.hallucination_n_samples,
-            hall.temperature, hall.max_new_tokens, seed, system_prompt, response_format=response_format,
-        )  # fmt: skip
-        objectives["hallucination_score"] = detector.score
-    if settings.use_capability_objective:
-        from bruno.capability import build_evaluator, search_questions
-
-        mmlu = evaluation.mmlu_settings()
-        questions = search_questions(mmlu, settings.capability_check_n_questions, seed)
-        evaluator = build_evaluator(mmlu, tokenizer, questions, None, system_prompt, response_format.prefix)
-        objectives["capability_loss"] = lambda model: 1.0 - evaluator.accuracy(model)
-    return objectives
 
 
 def _start_workers(
@@ -146,38 +107,6 @@ def _check_space(space: SearchSpace) -> None:
             raise BrunoError(
                 f"config key 'search' ({name}): range lower bound {dist.low} exceeds upper bound {dist.high}."
             )
-
-
-def _fingerprint(
-    space: SearchSpace, objectives: list[str], settings: SearchSettings, abliteration: AbliterationSettings,
-    payload: dict[str, Any], model_path: str, system_prompt: str | None, refusal_prompts: list[str],
-    kl_prompts: list[str], refusal_markers: list[str], prefix: str,
-) -> dict[str, Any]:  # fmt: skip
-    """What a stored study must match to be resumed: every input that changes what a trial measures."""
-    return {
-        "search_space": space.describe(),
-        "objectives": objectives,
-        "extra_objective_settings": {
-            "hallucination": [settings.hallucination_check_n_questions, settings.hallucination_n_samples]
-            if "hallucination_score" in objectives
-            else None,
-            "capability": settings.capability_check_n_questions if "capability_loss" in objectives else None,
-        },
-        "directions": _tensor_hash(payload),
-        "model": model_path,
-        "refusal_prompts": sha256_texts(refusal_prompts),
-        "kl_prompts": sha256_texts(kl_prompts),
-        "system_prompt": system_prompt or "",
-        "max_new_tokens": settings.max_new_tokens,
-        "abliteration": {
-            "components": abliteration.components,
-            "norm_preservation": abliteration.norm_preservation,
-            "biprojected": abliteration.biprojected,
-        },  # fmt: skip
-        "refusal_markers": sha256_texts(refusal_markers),
-        "refusal_constraint": settings.refusal_constraint,
-        **({"response_prefix": prefix} if prefix else {}),  # absent when '': older studies still resume
-    }
 
 
 def prepare(
@@ -220,7 +149,8 @@ def prepare(
         model, tokenizer = load_model(model_path, model_settings)
         payload = load_directions(directions_path)
         directions = DirectionSet.from_payload(payload)
-        refusal_prompts = [p.text for p in read_prompts(harmful_val_path)][: settings.n_refusal_prompts]
+        harmful_val = [p.text for p in read_prompts(harmful_val_path)]
+        refusal_prompts = harmful_val[: settings.n_refusal_prompts]
         kl_prompts = [p.text for p in read_prompts(harmless_val_path)][: settings.n_kl_prompts]
         prefix, tags = payload["metadata"].get("response_prefix", ""), model_settings.thinking_tags
         response_format = ResponseFormat.of(tokenizer, system_prompt, prefix, tags)
@@ -251,13 +181,20 @@ def prepare(
         objectives = OBJECTIVES + [name for name in EXTRA_OBJECTIVES if name in evaluator.extra_objectives]
         space = SearchSpace.resolve(settings, evaluator.n_layers, abliteration.components)
         _check_space(space)
-        fingerprint = _fingerprint(
+        fingerprint = study_fingerprint(
             space, objectives, settings, abliteration, payload, model_path, system_prompt, refusal_prompts,
             kl_prompts, refusal_markers, prefix,
         )  # fmt: skip
         on_error.pop_all()
     return SearchContext(
-        evaluator, directions, space, fingerprint, settings, objectives, TrialPool(evaluator, workers)
+        evaluator,
+        directions,
+        space,
+        fingerprint,
+        settings,
+        objectives,
+        TrialPool(evaluator, workers),
+        harmful_val,
     )
 
 
@@ -344,13 +281,22 @@ def _objective(ctx: SearchContext, study: optuna.Study, worker: int | None):
     return start, finish
 
 
-def run(ctx: SearchContext, seed: int, storage: str | Path, out_db: str | Path) -> dict[str, Any]:
+def run(
+    ctx: SearchContext,
+    seed: int,
+    storage: str | Path,
+    out_db: str | Path,
+    selection: SelectionSettings | None = None,
+) -> dict[str, Any]:
     """One worker: create or resume the working study (a journal file, or SQLite for a `.db` path), run it to
-    n_trials COMPLETE, write the SQLite snapshot. Stops the context's trial workers when done.
+    n_trials COMPLETE, confirm its candidates (`selection.confirm_prompts` > 0), write the SQLite snapshot. Stops the
+    context's trial workers when done.
 
     The rule uses the journal: Optuna's SQLite storage commits (and syncs) every parameter and attribute separately,
     63 ms per trial on the organism against about 13 ms for the journal (trials take about 0.3 s)."""
     with contextlib.closing(ctx):
+        if selection is not None and selection.confirm_prompts > 0:  # enough val prompts? before any trial
+            confirmation_prompts(ctx.harmful_val, ctx.settings.n_refusal_prompts, selection.confirm_prompts)
         # one worker by contract: a lock left behind can only be from a killed run
         release_stale_lock(storage)
         study, created = _open(ctx, storage, seed)
@@ -362,10 +308,25 @@ def run(ctx: SearchContext, seed: int, storage: str | Path, out_db: str | Path) 
                 count(study, TrialState.FAIL),
             )
         _run(ctx, study, None)
+        ctx.pool.close()  # the trial workers are done; confirmation scores in this process
+        _confirm(ctx, study, selection)
     snapshot(storage, out_db)
     complete = count(study, TrialState.COMPLETE)
     log.info("search done: %d COMPLETE trials, snapshot %s", complete, out_db)
     return {"complete": complete}
+
+
+def _confirm(ctx: SearchContext, study: optuna.Study, selection: SelectionSettings | None) -> None:
+    if selection is not None and selection.confirm_prompts > 0:
+        settings = ctx.settings
+        confirm(
+            study,
+            ctx.evaluator,
+            selection,
+            ctx.harmful_val,
+            settings.n_refusal_prompts,
+            settings.max_new_tokens,
+        )
 
 
 def _run(ctx: SearchContext, study: optuna.Study, worker: int | None) -> None:
@@ -396,5 +357,17 @@ def work(ctx: SearchContext, seed: int, journal: str | Path, worker: int) -> dic
     return {"complete": len(mine)}
 
 
-def snapshot_only(journal: str | Path, out_db: str | Path) -> None:
+def snapshot_only(
+    journal: str | Path,
+    out_db: str | Path,
+    ctx: SearchContext | None = None,
+    selection: SelectionSettings | None = None,
+) -> None:
+    """Several workers, all done: confirm the study's candidates (with a context, `bruno.confirm`), then snapshot."""
+    if ctx is not None:
+        with contextlib.closing(ctx):
+            study, _ = create_or_check_study(
+                journal, ctx.fingerprint, ctx.objectives, _sampler(ctx.settings, 0)
+            )
+            _confirm(ctx, study, selection)
     snapshot(journal, out_db)

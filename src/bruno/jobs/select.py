@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 
+from bruno.errors import BrunoError
 from bruno.io import atomic_write_json
 from bruno.search import STUDY_NAME
 from bruno.select import SelectionSettings, select_trial
@@ -18,8 +19,14 @@ def run(
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
     objectives = study.user_attrs.get("objectives", ["kl_divergence", "refusal_rate"])
+    confirmation = study.user_attrs.get("confirmation") if settings.confirm_prompts > 0 else None
+    if settings.confirm_prompts > 0 and not confirmation:
+        raise BrunoError(
+            f"selection.confirm_prompts is {settings.confirm_prompts} but {study_path} holds no confirmation: "
+            "re-run its search job (snakemake -R optimize) so that it confirms the candidates"
+        )
     trial, selection = select_trial(
-        study.trials, settings, objectives, study.user_attrs.get("base_extra_objectives")
+        study.trials, settings, objectives, study.user_attrs.get("base_extra_objectives"), confirmation
     )
     attrs = trial.user_attrs
     params = dict(trial.params)
@@ -37,6 +44,7 @@ def run(
             "n_prompts": attrs.get("n_prompts"),
             "seconds": attrs.get("seconds"),
         },
+        **({"metrics_confirmation": confirmation["trials"][str(trial.number)]} if confirmation else {}),
         "selection": selection,
         "study_fingerprint": study.user_attrs.get("fingerprint"),
     }

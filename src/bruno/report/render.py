@@ -62,6 +62,20 @@ class ReportInputs:
     workdir: Path = Path(".")
 
 
+def confirmation_rows(counts: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The chosen trial's refusals on the confirmation prompts (bruno.confirm), as rows of its validation metrics."""
+    if not counts:
+        return []
+    low, high = counts["refusal_rate_ci95"]
+    rate = f"{counts['n_refusals']}/{counts['n_prompts']} = {fmt_number(counts['refusal_rate'])}"
+    return [
+        {
+            "name": "refusal_rate (confirmation prompts)",
+            "value": f"{rate} [{fmt_number(low)}, {fmt_number(high)}]",
+        }
+    ]
+
+
 def primary_instances(inputs: ReportInputs) -> list[str]:
     return [i for i in inputs.variants if int(inputs.replicate_of.get(i, (i, 0))[1]) == 0]
 
@@ -190,7 +204,8 @@ def variant_section(inputs: ReportInputs, instance: str, out_dir: Path) -> dict[
         "metrics_val": [
             {"name": k, "value": fmt_number(v) if isinstance(v, float) else str(v)}
             for k, v in (best or {}).get("metrics_val", {}).items()
-        ],
+        ]
+        + confirmation_rows((best or {}).get("metrics_confirmation")),
         "selection": selection,
         "study": None
         if study is None
