@@ -38,6 +38,8 @@ rule share_directions:
         "results/{variant}/directions.pt",
     log:
         "logs/directions/{variant}.log",
+    benchmark:
+        "benchmarks/share_directions/{variant}.tsv"
     wildcard_constraints:
         variant=directions_variants(computed=False),
     priority: JOB_PRIORITY["search"]
