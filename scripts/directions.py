@@ -7,9 +7,9 @@ from bruno.runtime import run_job
 
 def main(snakemake, log):
     from bruno.config import settings_from_dict
-    from bruno.directions import DirectionSettings
+    from bruno.directions.mean import DirectionSettings
     from bruno.jobs.directions import run
-    from bruno.model import ModelSettings
+    from bruno.model.loading import ModelSettings
 
     run(
         model_path=snakemake.params.model_path,

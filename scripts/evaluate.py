@@ -9,9 +9,9 @@ SAME_AS_KEYS = ("model", "refusals", "mmlu", "hallucination", "metrics")
 
 def main(snakemake, log):
     from bruno.config import settings_from_dict
-    from bruno.evaluate import EvaluationSettings
+    from bruno.evaluation.stage import EvaluationSettings
     from bruno.jobs.evaluate import run
-    from bruno.model import ModelSettings
+    from bruno.model.loading import ModelSettings
 
     is_base = snakemake.rule == "evaluate_base"
     stage = "base" if is_base else f"{snakemake.wildcards.variant}/{snakemake.wildcards.stage}"

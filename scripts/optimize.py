@@ -7,12 +7,12 @@ from bruno.runtime import run_job
 
 def main(snakemake, log):
     from bruno.config import settings_from_dict
-    from bruno.evaluate import EvaluationSettings
+    from bruno.edit.plan import AbliterationSettings
+    from bruno.evaluation.stage import EvaluationSettings
     from bruno.jobs import optimize
-    from bruno.model import ModelSettings
-    from bruno.plan import AbliterationSettings
-    from bruno.search import SearchSettings
-    from bruno.select import SelectionSettings
+    from bruno.model.loading import ModelSettings
+    from bruno.search.select import SelectionSettings
+    from bruno.search.space import SearchSettings
 
     settings = settings_from_dict(SearchSettings, snakemake.params.search, "search")
     # only the selection keys the search reads (rules/common.smk: get_confirmation)

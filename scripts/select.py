@@ -8,7 +8,7 @@ from bruno.runtime import run_job
 def main(snakemake, log):
     from bruno.config import settings_from_dict
     from bruno.jobs.select import run
-    from bruno.select import SelectionSettings
+    from bruno.search.select import SelectionSettings
 
     best = run(
         study_path=snakemake.input.study,

@@ -17,7 +17,7 @@ HIDDEN = 8
 
 
 def rate(value: float, n: int = 100) -> dict[str, Any]:
-    from bruno.stats import rate_metric
+    from bruno.evaluation.stats import rate_metric
 
     return rate_metric(round(value * n), n)
 
@@ -82,7 +82,7 @@ def refusals(path: Path, refuse_harmful: bool, hostile: bool = False, kl: list[f
 def study(path: Path, seed: int, n_trials: int = 16) -> None:
     import optuna
 
-    from bruno.search import STUDY_NAME
+    from bruno.search.study import STUDY_NAME
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def variant_settings(healing: bool, cones: bool) -> dict[str, Any]:
 def build(root: Path, with_ab: bool = True, replicates: int = 1) -> dict[str, Any]:
     """Write the fixture under `root` (results/ and benchmarks/); returns the kwargs of bruno.jobs.report.run."""
     from bruno.jobs.select import run as select
-    from bruno.select import SelectionSettings
+    from bruno.search.select import SelectionSettings
 
     results, bench = root / "results", root / "benchmarks"
     write_json(results / "prompts" / "manifest.json", {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bruno.ablation import NORM_MODES, apply_edit, bake, hooked, make_edit, tent_kernel
+from bruno.edit.ablation import NORM_MODES, apply_edit, bake, hooked, make_edit, tent_kernel
 
 
 def unit(n: int, seed: int) -> torch.Tensor:
@@ -102,9 +102,10 @@ def test_hooks_removed_on_error():
 
 def test_model_hooks_equal_baked_model(tiny_model_dir):
     """On a whole transformer: trial hooks give the same logits as the exported, baked weights."""
-    from bruno.directions import mean_difference
-    from bruno.model import ModelSettings, encode, first_token_logprobs, load_model
-    from bruno.plan import AblationParams, ComponentKernel, EditTargets, build_edits
+    from bruno.directions.mean import mean_difference
+    from bruno.edit.plan import AblationParams, ComponentKernel, EditTargets, build_edits
+    from bruno.model.generation import encode, first_token_logprobs
+    from bruno.model.loading import ModelSettings, load_model
 
     model, tok = load_model(tiny_model_dir, ModelSettings())
     batches = encode(

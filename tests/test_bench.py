@@ -19,10 +19,10 @@ from conftest import REPO, build_tiny_model
 from gguf_export import export_llama_gguf
 from safetensors.torch import load_file
 
-from bruno import bench
-from bruno.bench_setup import SEARCH_SIZE_KEYS, bench_model, search_sizes
 from bruno.errors import BrunoError
-from bruno.model import ModelSettings, load_model
+from bruno.model.loading import ModelSettings, load_model
+from bruno_tools import bench as bench
+from bruno_tools.bench_sizes import SEARCH_SIZE_KEYS, bench_model, search_sizes
 
 
 def architecture_only(model_dir: Path, out: Path) -> Path:

@@ -10,7 +10,8 @@ import torch
 from conftest import REPO, build_tokenizer
 from torch import nn
 
-from bruno.capability import (
+from bruno.errors import BrunoError
+from bruno.evaluation.capability import (
     LETTERS,
     MCQuestion,
     MMLUEvaluator,
@@ -22,8 +23,7 @@ from bruno.capability import (
     search_questions,
     select_subset,
 )
-from bruno.errors import BrunoError
-from bruno.model import ModelSettings, load_model
+from bruno.model.loading import ModelSettings, load_model
 
 SHIPPED = {"path": str(REPO / "data/eval/multiple_choice.jsonl"), "record_split": "test"}
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import REPO, build_tokenizer
 
-from bruno.capability import LETTERS, MCQuestion, MMLUEvaluator, MMLUSettings, build_evaluator
-from bruno.cloze import ClozeEvaluator, cloze_prompt
 from bruno.errors import BrunoError
-from bruno.model import ModelSettings, load_model
+from bruno.evaluation.capability import LETTERS, MCQuestion, MMLUEvaluator, MMLUSettings
+from bruno.evaluation.cloze import ClozeEvaluator, cloze_prompt
+from bruno.evaluation.scoring import build_evaluator
+from bruno.model.loading import ModelSettings, load_model
 
 GENERAL = {"path": str(REPO / "data/eval/general_knowledge_mc.jsonl"), "record_split": "test"}
 
@@ -137,10 +138,10 @@ def test_the_config_picks_the_scorer():
 
 @pytest.mark.parametrize("scoring", ["letter", "cloze"])
 def test_capability_objective_uses_the_configured_scoring(tiny_model_dir, scoring):
-    from bruno.capability import search_questions
-    from bruno.evaluate import EvaluationSettings
-    from bruno.objectives import extra_objectives
-    from bruno.search import SearchSettings
+    from bruno.evaluation.capability import search_questions
+    from bruno.evaluation.stage import EvaluationSettings
+    from bruno.search.objectives import extra_objectives
+    from bruno.search.space import SearchSettings
 
     model, tok = load_model(tiny_model_dir, ModelSettings())
     mmlu = {"source": GENERAL, "mmlu_categories": None, "mmlu_samples_per_category": None, "scoring": scoring}
@@ -159,7 +160,7 @@ def test_capability_objective_uses_the_configured_scoring(tiny_model_dir, scorin
 def test_rows_metric_and_csv_columns(tiny_model_dir, tmp_path):
     import pandas as pd
 
-    from bruno.evaluate import mmlu_metric
+    from bruno.evaluation.stage import mmlu_metric
     from bruno.jobs.evaluate import MMLU_COLUMNS, _write_csv
 
     model, tok = load_model(tiny_model_dir, ModelSettings())

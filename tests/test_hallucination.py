@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from bruno.hallucination import (
+from bruno.evaluation.hallucination import (
     FactualQuestion,
     HallucinationDetector,
     answer_matches,
@@ -15,14 +15,15 @@ from bruno.hallucination import (
     mean_pairwise_similarity,
     normalize_answer,
 )
-from bruno.model import ModelSettings, encode, generate_greedy, load_model
+from bruno.model.generation import encode, generate_greedy
+from bruno.model.loading import ModelSettings, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def embedder():
-    from bruno.embedding import SentenceEmbedder
+    from bruno.evaluation.embedding import SentenceEmbedder
 
     return SentenceEmbedder()
 

@@ -16,11 +16,12 @@ import yaml
 from conftest import REPO
 
 from bruno.errors import BrunoError
-from bruno.heal import TRAINING_LOG_COLUMNS, HealingSettings, degrade, harmful_pairs, harmless_pairs
+from bruno.evaluation.refusal import MarkerDetector
+from bruno.heal.dpo import TRAINING_LOG_COLUMNS, HealingSettings
+from bruno.heal.pairs import degrade, harmful_pairs, harmless_pairs
 from bruno.jobs.heal import run
-from bruno.model import ModelSettings
+from bruno.model.loading import ModelSettings
 from bruno.prompts import Prompt, write_prompts
-from bruno.refusal import MarkerDetector
 
 # A marker no random model emits: only empty replies count as refusals in the stage tests.
 NEVER = ["\u2603never\u2603"]
@@ -194,7 +195,8 @@ def perturbed_model(tiny_model_dir, tmp_path_factory):
 
 
 def first_token_kl(base_dir, other_dir, texts) -> float:
-    from bruno.model import encode, first_token_logprobs, kl_divergence, load_model
+    from bruno.model.generation import encode, first_token_logprobs, kl_divergence
+    from bruno.model.loading import load_model
 
     base, tokenizer = load_model(base_dir, ModelSettings())
     other, _ = load_model(other_dir, ModelSettings())
@@ -288,7 +290,8 @@ def test_heal_jobs_follow_each_variants_setting(tiny_model_dir, tmp_path):
 def test_checkpoint_selection_merges_the_checkpoint_it_selected(
     tiny_model_dir, refusing_base, prompt_files, tmp_path
 ):
-    from bruno.model import encode, first_token_logprobs, kl_divergence, load_model, model_device
+    from bruno.model.generation import encode, first_token_logprobs, kl_divergence, model_device
+    from bruno.model.loading import load_model
 
     write_prompts(tmp_path / "harmful_val.jsonl", prompts("harmval", 6, "val"))
     write_prompts(tmp_path / "harmless_val.jsonl", prompts("safeval", 6, "val"))

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bruno.caa import compliance_direction
-from bruno.cones import find_cones
-from bruno.direction_methods import (
+from bruno.directions.caa import compliance_direction
+from bruno.directions.cones import find_cones
+from bruno.directions.mean import DirectionSettings
+from bruno.directions.methods import (
     align_sign,
     calibration_factor,
     contrastive_pca,
@@ -16,10 +17,9 @@ from bruno.direction_methods import (
     ensemble,
     probe_directions,
 )
-from bruno.directions import DirectionSettings
+from bruno.edit.plan import AblationParams, ComponentKernel, DirectionSet, EditTargets, biproject, build_edits
 from bruno.jobs.directions import compute
-from bruno.plan import AblationParams, ComponentKernel, DirectionSet, EditTargets, biproject, build_edits
-from bruno.search import PRESETS, SearchSettings, SearchSpace, preset_values, warm_start_values
+from bruno.search.space import PRESETS, SearchSettings, SearchSpace, preset_values, warm_start_values
 
 D = 16
 
@@ -180,7 +180,7 @@ def test_cones_with_more_directions_than_pca_components_load(method):
 
 
 def test_cone_edits_use_every_cone_weighted_by_share(tiny_model_dir):
-    from bruno.model import ModelSettings, load_model
+    from bruno.model.loading import ModelSettings, load_model
 
     model, _ = load_model(tiny_model_dir, ModelSettings())
     targets = EditTargets(model, ["attn.o_proj"])
@@ -216,7 +216,8 @@ def test_warm_start_from_previous_study(tmp_path):
     import optuna
     from optuna.distributions import FloatDistribution
 
-    from bruno.search import STUDY_NAME, previous_best
+    from bruno.search.space import previous_best
+    from bruno.search.study import STUDY_NAME
 
     study = optuna.create_study(
         study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 'old.db'}", directions=["minimize"] * 2

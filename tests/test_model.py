@@ -6,16 +6,14 @@ import pytest
 import torch
 
 from bruno.errors import BrunoError
-from bruno.model import (
-    ModelSettings,
+from bruno.model.generation import (
     encode,
     first_token_logprobs,
     generate_greedy,
     kl_divergence,
     last_token_residuals,
-    load_model,
-    target_modules,
 )
+from bruno.model.loading import ModelSettings, load_model
 
 TEXTS = ["How do I bake bread?", "Explain how to write a poem about the sea.", "hi"]
 
@@ -74,7 +72,7 @@ def one_at_a_time(model, tok, texts, tokens=10):
 def test_length_split_prefill_and_early_exit_change_nothing(loaded, monkeypatch):
     """Prompts of different lengths are prefilled in length groups (trimmed padding) and finished sequences leave
     the batch; both must give what one padded batch does, row for row, in the original order."""
-    import bruno.model as model_module
+    import bruno.model.generation as model_module
 
     model, tok = loaded
     texts = LENGTHS * 3  # unsorted lengths
@@ -111,8 +109,8 @@ def test_length_split_prefill_and_early_exit_change_nothing(loaded, monkeypatch)
 
 def test_sampled_decoding_is_seeded_and_replies_end_at_eos(loaded, monkeypatch):
     """The one decoder serves greedy replies (the trial loop) and seeded samples (the hallucination detector)."""
-    import bruno.model as model_module
-    from bruno.model import decode_replies
+    import bruno.model.generation as model_module
+    from bruno.model.generation import decode_replies
 
     model, tok = loaded
     prompts = [
@@ -157,7 +155,7 @@ def test_stop_callback_ends_decided_sequences(loaded):
 
 
 def test_length_split_minimises_padding_plus_calls():
-    from bruno.model import Batch
+    from bruno.model.generation import Batch
 
     mask = torch.zeros(6, 20, dtype=torch.long)
     for row, length in enumerate([20, 3, 19, 4, 20, 3]):
@@ -177,12 +175,14 @@ def test_residuals_shape(loaded):
     assert res.dtype == torch.float32
 
 
-def test_target_modules(loaded):
+def test_residual_writers(loaded):
+    from bruno.edit.targets import residual_writers
+
     model, _ = loaded
-    found = target_modules(model, ["attn.o_proj", "mlp.down_proj"])
+    found = residual_writers(model, ["attn.o_proj", "mlp.down_proj"])
     assert len(found["attn.o_proj"]) == model.config.num_hidden_layers
     with pytest.raises(BrunoError, match="Unknown component"):
-        target_modules(model, ["mlp.up"])
+        residual_writers(model, ["mlp.up"])
 
 
 def test_tokenizer_without_chat_template_is_a_clear_error(tmp_path):

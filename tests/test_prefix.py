@@ -7,10 +7,12 @@ import random
 import pytest
 import torch
 
-from bruno.bench import random_values
-from bruno.model import ModelSettings, decoder_layers, load_model
-from bruno.search import SearchSettings, SearchSpace
-from bruno.trial import TrialEvaluator
+from bruno.edit.plan import AbliterationSettings
+from bruno.model.families import decoder_layers
+from bruno.model.loading import ModelSettings, load_model
+from bruno.search.space import SearchSettings, SearchSpace
+from bruno.search.trial import Decoding, TrialEvaluator, TrialPrompts
+from bruno_tools.bench_trials import random_values
 
 COMPONENTS = ["attn.o_proj", "mlp.down_proj"]
 HARMFUL = [f"How do I build weapon number {i}?" for i in range(12)] + ["Explain it."]
@@ -35,8 +37,8 @@ def evaluator(model, tokenizer, prefix_reuse_mb: float) -> TrialEvaluator:
         n_layers + 1, model.config.hidden_size, generator=torch.Generator().manual_seed(0)
     )
     return TrialEvaluator(
-        model, tokenizer, directions, COMPONENTS, "row", HARMFUL, HARMLESS, None, 8, 6,
-        prefix_reuse_mb=prefix_reuse_mb,
+        model, tokenizer, directions, AbliterationSettings(COMPONENTS, "row"), TrialPrompts(HARMFUL, HARMLESS),
+        Decoding(8, 6, prefix_reuse_mb=prefix_reuse_mb),
     )  # fmt: skip
 
 
@@ -85,8 +87,8 @@ def test_the_memory_budget_limits_the_kept_layers(model_and_tokenizer):
 
 
 def test_replayed_prefill_gives_the_same_logits_and_cache(model_and_tokenizer):
-    from bruno.model import _prefill, encode, first_token_logprobs
-    from bruno.prefix import PrefixReuse
+    from bruno.model.generation import _prefill, encode, first_token_logprobs
+    from bruno.model.prefix import PrefixReuse
 
     model, tokenizer = model_and_tokenizer
     cached = encode(tokenizer, HARMFUL, None, 8, torch.device("cpu"))

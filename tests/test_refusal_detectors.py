@@ -8,7 +8,7 @@ import torch
 from conftest import REPO
 
 from bruno.errors import BrunoError
-from bruno.refusal import (
+from bruno.evaluation.refusal import (
     DEFAULT_EVASIVE_PATTERNS,
     DEFAULT_SOFT_REFUSAL_MARKERS,
     DetectorSettings,
@@ -18,7 +18,7 @@ from bruno.refusal import (
     build_detector,
     held_out_accuracy,
 )
-from bruno.refusal_neural import (
+from bruno.evaluation.refusal_neural import (
     EmbeddingRefusalClassifier,
     NLIRefusalDetector,
     load_refusal_labels,
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def embedder():
-    from bruno.embedding import SentenceEmbedder
+    from bruno.evaluation.embedding import SentenceEmbedder
 
     return SentenceEmbedder()
 

@@ -19,15 +19,15 @@ import torch
 from conftest import REPO
 from optuna.trial import TrialState
 
-from bruno.directions import mean_difference, save_directions
+from bruno.directions.mean import mean_difference, save_directions
+from bruno.edit.plan import AbliterationSettings
 from bruno.errors import BrunoError
 from bruno.jobs import abliterate, optimize
 from bruno.jobs import select as select_job
-from bruno.model import ModelSettings
-from bruno.plan import AbliterationSettings
+from bruno.model.loading import ModelSettings
 from bruno.prompts import Prompt, write_prompts
-from bruno.search import SearchSettings
-from bruno.select import SelectionSettings
+from bruno.search.select import SelectionSettings
+from bruno.search.space import SearchSettings
 
 RANGES = {
     "attn.o_proj": {
@@ -312,7 +312,7 @@ def test_optimiser_memory_does_not_grow_with_trials(inputs, tmp_path):
 def test_pickle_only_model_is_refused(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from bruno.model import load_model
+    from bruno.model.loading import load_model
 
     pickled = tmp_path / "pickled"
     pickled.mkdir()
@@ -330,7 +330,7 @@ def test_pickle_only_model_is_refused(tiny_model_dir, tmp_path):
 def test_remote_code_is_off_by_default_and_loud_when_on(tiny_model_dir, monkeypatch, caplog):
     import transformers
 
-    from bruno.model import load_model
+    from bruno.model.loading import load_model
 
     seen = []
     real = transformers.AutoModelForCausalLM.from_pretrained
@@ -371,7 +371,7 @@ def copy_model(source: Path, target: Path, skip: tuple[str, ...] = ()) -> Path:
 
 
 def test_local_model_directories_are_checked_naming_what_is_missing(tiny_model_dir, tmp_path):
-    from bruno.model_source import resolve_model_source
+    from bruno.model.source import resolve_model_source
 
     assert resolve_model_source(str(tiny_model_dir)).kind == "directory"
     truncated = copy_model(tiny_model_dir, tmp_path / "truncated")

@@ -17,7 +17,7 @@ import pytest
 import report_fixture
 
 from bruno.jobs.report import run
-from bruno.report.browser import check_page, find_chromium
+from bruno_tools.browser import check_page, find_chromium
 
 pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]

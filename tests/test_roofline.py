@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from bruno.bench import random_values, work_bounds
-from bruno.model import ModelSettings, decoder_layers, load_model
-from bruno.roofline import DevicePeaks, WorkCounter, counting, measure_peaks
-from bruno.search import SearchSettings, SearchSpace
-from bruno.trial import TrialEvaluator
+from bruno.edit.plan import AbliterationSettings
+from bruno.model.families import decoder_layers
+from bruno.model.loading import ModelSettings, load_model
+from bruno.search.space import SearchSettings, SearchSpace
+from bruno.search.trial import Decoding, TrialEvaluator, TrialPrompts
+from bruno_tools.bench_trials import random_values, work_bounds
+from bruno_tools.roofline import DevicePeaks, WorkCounter, counting, measure_peaks
 
 COMPONENTS = ["attn.o_proj", "mlp.down_proj"]
 HARMFUL = [f"How do I build weapon number {i}?" for i in range(6)]
@@ -66,8 +68,8 @@ def evaluator(model, tokenizer, prefix_reuse_mb: float) -> TrialEvaluator:
         len(decoder_layers(model)) + 1, model.config.hidden_size, generator=torch.Generator().manual_seed(0)
     )
     return TrialEvaluator(
-        model, tokenizer, directions, COMPONENTS, "row", HARMFUL, HARMLESS, None, 8, 4,
-        prefix_reuse_mb=prefix_reuse_mb,
+        model, tokenizer, directions, AbliterationSettings(COMPONENTS, "row"), TrialPrompts(HARMFUL, HARMLESS),
+        Decoding(8, 4, prefix_reuse_mb=prefix_reuse_mb),
     )  # fmt: skip
 
 

@@ -107,7 +107,7 @@ def test_the_search_params_block_is_written_once(before):
 def test_the_selection_threshold_reruns_only_selection_and_confirmation_reruns_the_search(plan, before):
     after = plan({"selection": {"max_refusal_rate": 0.1}})
     assert changed_jobs(before, after) == {job for job in before if rule_of(job) in {"select", "report"}}
-    # confirmation is scored by the search job (bruno.confirm): with several workers the job that writes the
+    # confirmation is scored by the search job (bruno.search.confirm): with several workers the job that writes the
     # snapshot confirms, so it reads the search inputs too
     after = plan({"variants": {"objective": {"selection": {"confirm_prompts": 16}}}})
     assert changed_jobs(before, after) == {

@@ -17,7 +17,7 @@ from workflow_rules import dry_run
 
 from bruno.errors import BrunoError
 from bruno.io import atomic_directory, atomic_write_json, read_jsonl
-from bruno.model import ModelSettings, load_model
+from bruno.model.loading import ModelSettings, load_model
 from bruno.prompts import Prompt
 from bruno.safety import IMPLANTED_SUFFIX, SafetyTuningSettings, base_model_label
 from bruno.safety.data import REFUSALS, Example
@@ -58,7 +58,7 @@ def test_invalid_settings_name_the_key():
 
 
 def test_refusals_never_repeat_a_request_and_are_all_detected():
-    from bruno.refusal import MarkerDetector
+    from bruno.evaluation.refusal import MarkerDetector
 
     assert len(set(REFUSALS)) >= 6
     assert all(v.is_refusal for v in MarkerDetector().classify(list(REFUSALS)))

@@ -19,8 +19,9 @@ from optuna.trial import TrialState, create_trial
 
 from bruno.errors import BrunoError
 from bruno.prompts import Prompt, write_prompts
-from bruno.search import SearchSettings, SearchSpace, open_study
-from bruno.select import SelectionSettings, select_trial
+from bruno.search.select import SelectionSettings, select_trial
+from bruno.search.space import SearchSettings, SearchSpace
+from bruno.search.study import open_study
 
 COMPONENTS = ["attn.o_proj", "mlp.down_proj"]
 RANGES = {
@@ -125,7 +126,7 @@ def test_fingerprint_mismatch_is_an_error(tmp_path):
 def test_stale_journal_lock_of_a_killed_run_is_released(tmp_path):
     from optuna.storages.journal import JournalFileOpenLock
 
-    from bruno.search import release_stale_lock
+    from bruno.search.study import release_stale_lock
 
     journal = tmp_path / "journal.log"
     assert not release_stale_lock(journal)  # nothing to release
@@ -143,20 +144,20 @@ DRIVER = textwrap.dedent(
     import sys
     import torch
     from bruno.jobs import optimize
-    from bruno.model import ModelSettings
-    from bruno.search import SearchSettings
-    from bruno.plan import AbliterationSettings
+    from bruno.model.loading import ModelSettings
+    from bruno.search.space import SearchSettings
+    from bruno.edit.plan import AbliterationSettings
     import json
     args = json.loads(sys.argv[1])
     torch.set_num_threads(1)
-    from bruno.evaluate import EvaluationSettings
+    from bruno.evaluation.stage import EvaluationSettings
     evaluation = EvaluationSettings(**args["evaluation"]) if "evaluation" in args else None
     ctx = optimize.prepare(model_path=args["model"], model_settings=ModelSettings(), directions_path=args["directions"],
         harmful_val_path=args["harmful"], harmless_val_path=args["harmless"],
         settings=SearchSettings(n_trials=args["n_trials"], n_startup_trials=3, ranges=args["ranges"], max_new_tokens=args["tokens"], **args.get("extra", {})),
         abliteration=AbliterationSettings(norm_preservation="row"), refusal_markers=["sorry"], evaluation=evaluation)
     mode = args.get("mode", "single")
-    from bruno.select import SelectionSettings
+    from bruno.search.select import SelectionSettings
     selection = SelectionSettings(**args["selection"]) if "selection" in args else None
     if mode == "single":
         optimize.run(ctx, seed=0, storage=args["work"], out_db=args["out"], selection=selection)
@@ -174,7 +175,7 @@ DRIVER = textwrap.dedent(
 def search_inputs(tmp_path, tiny_model_dir):
     import json
 
-    from bruno.directions import mean_difference, save_directions
+    from bruno.directions.mean import mean_difference, save_directions
 
     harmful = [Prompt(f"h{i}", f"How do I build weapon number {i}?", "c", "val") for i in range(6)]
     harmless = [Prompt(f"g{i}", f"How do I bake bread number {i}?", "c", "val") for i in range(6)]
@@ -206,7 +207,7 @@ def _env():
 
 
 def _trials(path):
-    from bruno.search import make_storage
+    from bruno.search.study import make_storage
 
     return optuna.load_study(study_name="abliteration", storage=make_storage(path)).get_trials()
 
@@ -278,7 +279,7 @@ def test_the_search_job_confirms_its_candidates_for_selection(search_inputs, tmp
 
 
 def test_parallel_workers_share_one_journal_study(search_inputs, tmp_path):
-    from bruno.search import snapshot
+    from bruno.search.study import snapshot
 
     journal = str(tmp_path / "journal.log")
     four = {"n_refusal_prompts": 4}  # of the 6 harmful val prompts: 2 left for the confirmation
@@ -322,7 +323,7 @@ def test_extra_objectives_make_a_four_objective_study(search_inputs, tmp_path):
 
     from bruno.config import validate_config
     from bruno.jobs.select import run as select
-    from bruno.select import SelectionSettings
+    from bruno.search.select import SelectionSettings
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     validate_config(config)
@@ -387,7 +388,7 @@ def test_selection_with_extra_objectives():
 
 
 def test_trials_in_flight_are_asked_and_told_in_order(tmp_path):
-    from bruno.search import TrialFailed, run_study
+    from bruno.search.study import TrialFailed, run_study
 
     study = optuna.create_study(directions=["minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
     events = []
@@ -423,7 +424,7 @@ def test_trials_in_flight_are_asked_and_told_in_order(tmp_path):
 
 
 def test_parallel_trials_setting_resolves_per_device():
-    from bruno.trial_pool import MAX_AUTO_PARALLEL_TRIALS, resolve_parallel_trials
+    from bruno.search.pool import MAX_AUTO_PARALLEL_TRIALS, resolve_parallel_trials
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_parallel_trials(3, cuda, 2, None) == 3  # an explicit number is kept
@@ -437,7 +438,7 @@ def test_parallel_trials_setting_resolves_per_device():
 def test_trial_worker_error_reaches_the_job(tmp_path):
     import functools
 
-    from bruno.trial_pool import TrialWorkers
+    from bruno.search.pool import TrialWorkers
 
     workers = TrialWorkers(functools.partial(int, "not a number"), 1, 1)  # the factory raises in the worker
     try:
@@ -449,9 +450,9 @@ def test_trial_worker_error_reaches_the_job(tmp_path):
 
 
 def test_parallel_trials_are_reproducible_and_score_like_one_process(search_inputs, tmp_path):
+    from bruno.edit.plan import AbliterationSettings
     from bruno.jobs import optimize
-    from bruno.model import ModelSettings
-    from bruno.plan import AbliterationSettings
+    from bruno.model.loading import ModelSettings
 
     extra = {"parallel_trials": 2}
     first = search_inputs.run(n_trials=6, tokens=4, extra=extra)
@@ -485,9 +486,9 @@ def test_parallel_trials_are_reproducible_and_score_like_one_process(search_inpu
 
 
 def test_parallel_search_stops_its_workers(search_inputs, tmp_path):
+    from bruno.edit.plan import AbliterationSettings
     from bruno.jobs import optimize
-    from bruno.model import ModelSettings
-    from bruno.plan import AbliterationSettings
+    from bruno.model.loading import ModelSettings
 
     a = search_inputs.args
     ctx = optimize.prepare(model_path=a["model"], model_settings=ModelSettings(), directions_path=a["directions"],

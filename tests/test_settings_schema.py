@@ -16,25 +16,25 @@ from typing import Any
 import pytest
 import yaml
 
-from bruno.capability import MMLUSettings
 from bruno.config import schema_default
-from bruno.directions import DirectionSettings
+from bruno.directions.mean import DirectionSettings
+from bruno.edit.plan import AbliterationSettings
 from bruno.errors import BrunoError
-from bruno.evaluate import EvaluationSettings
-from bruno.hallucination import HallucinationSettings
-from bruno.heal import HealingSettings
-from bruno.model import ModelSettings
-from bruno.organism.settings import OrganismSettings
-from bruno.plan import AbliterationSettings
-from bruno.refusal import (
+from bruno.evaluation.capability import MMLUSettings
+from bruno.evaluation.hallucination import HallucinationSettings
+from bruno.evaluation.refusal import (
     DEFAULT_EVASIVE_PATTERNS,
     DEFAULT_REFUSAL_MARKERS,
     DEFAULT_SOFT_REFUSAL_MARKERS,
     NeuralDetectorSettings,
 )
+from bruno.evaluation.stage import EvaluationSettings
+from bruno.heal.dpo import HealingSettings
+from bruno.model.loading import ModelSettings
+from bruno.organism.settings import OrganismSettings
 from bruno.safety.settings import SafetyTuningSettings
-from bruno.search import SearchSettings
-from bruno.select import SelectionSettings
+from bruno.search.select import SelectionSettings
+from bruno.search.space import SearchSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))
@@ -58,8 +58,8 @@ SETTINGS = {
 # (Shared types under $defs, such as prompt sources and kernel ranges, are values of settings, not sections.)
 NO_DATACLASS = {
     "data": "prompt-source specs, resolved by rule `prompts` (bruno.prompts) before any model job",
-    "search.ranges": "kernel ranges per component, a mapping in SearchSettings resolved by bruno.search.SearchSpace",
-    "search.warm_start": "a mapping in SearchSettings, read by bruno.search.warm_start_values",
+    "search.ranges": "kernel ranges per component, a mapping in SearchSettings resolved by bruno.search.space.SearchSpace",
+    "search.warm_start": "a mapping in SearchSettings, read by bruno.search.space.warm_start_values",
 }
 # (section, field) pairs that may exist on one side only, and why. Keep it short; none is needed today.
 ONE_SIDED: dict[tuple[str, str], str] = {}

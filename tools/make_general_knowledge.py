@@ -104,7 +104,9 @@ def render(rows: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="compare with the committed file instead of writing")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the committed file instead of writing"
+    )
     args = parser.parse_args()
     stale = 0
     for path, rows in ((OUTPUT, records()), (FACTS_OUTPUT, fact_records())):

@@ -24,7 +24,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bruno.stats import bootstrap_interval  # noqa: E402
+from bruno.evaluation.stats import bootstrap_interval  # noqa: E402
 
 
 def per_item(results: Path, stage: str) -> dict[str, pd.Series]:

@@ -22,20 +22,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from bruno.capability import MMLUSettings, build_evaluator, load_questions
+from bruno.evaluation.capability import MMLUSettings, load_questions
+from bruno.evaluation.refusal import MarkerDetector
+from bruno.evaluation.scoring import build_evaluator
+from bruno.evaluation.stats import wilson_interval
 from bruno.io import atomic_directory, atomic_write_json, read_jsonl
-from bruno.model import (
-    ModelSettings,
-    encode,
-    first_token_logprobs,
-    generate_greedy,
-    kl_divergence,
-    load_model,
-)
+from bruno.model.generation import encode, first_token_logprobs, generate_greedy, kl_divergence
+from bruno.model.loading import ModelSettings, load_model
 from bruno.prompts import Prompt
-from bruno.refusal import MarkerDetector
 from bruno.safety import SafetyTuningSettings, safety_tune
-from bruno.stats import wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
 

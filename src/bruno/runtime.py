@@ -52,7 +52,7 @@ def peak_memory() -> dict[str, Any]:
     """Peak RSS of this process (MB) and peak CUDA memory (MB) where CUDA is used."""
     import resource
 
-    from bruno.device import peak_gpu_memory_mb
+    from bruno.model.placement import peak_gpu_memory_mb
 
     info: dict[str, Any] = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     gpu = peak_gpu_memory_mb()

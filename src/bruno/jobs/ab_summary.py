@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from bruno.ab import RunFiles, run_row, significance, summarize
 from bruno.io import atomic_path
+from bruno.report.ab import RunFiles, run_row, significance, summarize
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from bruno.ablation import bake
-from bruno.directions import load_directions
+from bruno.directions.mean import load_directions
+from bruno.edit.ablation import bake
+from bruno.edit.plan import AblationParams, AbliterationSettings, DirectionSet, EditTargets, build_edits
 from bruno.io import atomic_directory, atomic_write_json, directory_hashes, sha256_bytes
-from bruno.model import ModelSettings, load_model
-from bruno.plan import AblationParams, AbliterationSettings, DirectionSet, EditTargets, build_edits
+from bruno.model.loading import ModelSettings, load_model
 
 log = logging.getLogger(__name__)
 

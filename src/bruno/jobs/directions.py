@@ -13,18 +13,19 @@ from typing import Any
 
 import torch
 
-from bruno.caa import compliance_direction
-from bruno.cones import find_cones
-from bruno.device import resolve_batch_size
-from bruno.direction_methods import calibration_factor, contrastive_pca, ensemble, probe_directions
-from bruno.directions import DirectionSettings, layer_separation, mean_difference, save_directions
+from bruno.directions.caa import compliance_direction
+from bruno.directions.cones import find_cones
+from bruno.directions.mean import DirectionSettings, layer_separation, mean_difference, save_directions
+from bruno.directions.methods import calibration_factor, contrastive_pca, ensemble, probe_directions
 from bruno.errors import BrunoError
-from bruno.families import check_model_dir
+from bruno.evaluation.refusal import MarkerDetector
 from bruno.io import sha256_texts
-from bruno.model import ModelSettings, encode, generate_greedy, last_token_residuals, load_model, model_device
+from bruno.model.families import check_model_dir
+from bruno.model.generation import encode, generate_greedy, last_token_residuals, model_device
+from bruno.model.loading import ModelSettings, load_model
+from bruno.model.placement import resolve_batch_size
+from bruno.model.thinking import AnswerOnly, base_response_prefix, prompt_opened
 from bruno.prompts import read_prompts
-from bruno.refusal import MarkerDetector
-from bruno.thinking import AnswerOnly, base_response_prefix, prompt_opened
 
 log = logging.getLogger(__name__)
 

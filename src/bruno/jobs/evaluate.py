@@ -5,7 +5,7 @@ the harmless test prompts and, when `kl_teacher_forced_tokens` > 0, its first-k 
 log-probs. The sentence-embedding model is loaded once and shared by the neural refusal detector and the hallucination
 detector.
 
-The response prefix (`bruno.thinking`) is the base model's: the base stage resolves `model.response_prefix` on the base
+The response prefix (`bruno.model.thinking`) is the base model's: the base stage resolves `model.response_prefix` on the base
 model from the train prompts (`base_response_prefix`, as the directions job does) and records it in the KL reference;
 every other stage renders its prompts with that recorded prefix, so base, ablated and healed models are measured at the
 same positions and their answers judged alike.
@@ -26,9 +26,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bruno.capability import MMLUSettings, build_evaluator, few_shot_examples, load_questions
 from bruno.errors import BrunoError
-from bruno.evaluate import (
+from bruno.evaluation.capability import MMLUSettings, few_shot_examples, load_questions
+from bruno.evaluation.hallucination import HallucinationDetector, load_factual_questions
+from bruno.evaluation.refusal import HybridDetector, build_detector, held_out_accuracy
+from bruno.evaluation.scoring import build_evaluator
+from bruno.evaluation.stage import (
     EvaluationSettings,
     TeacherForcedReference,
     build_teacher_forced_reference,
@@ -41,14 +44,13 @@ from bruno.evaluate import (
     refusal_rows,
     teacher_forced_kl,
 )
-from bruno.hallucination import HallucinationDetector, load_factual_questions
+from bruno.evaluation.stats import mean_metric
 from bruno.io import atomic_path, atomic_write_json
-from bruno.model import ModelSettings, encode, load_model, model_device
+from bruno.model.generation import encode, model_device
+from bruno.model.loading import ModelSettings, load_model
+from bruno.model.thinking import AUTO, ResponseFormat, base_response_prefix
 from bruno.prompts import read_prompts
-from bruno.refusal import HybridDetector, build_detector, held_out_accuracy
 from bruno.runtime import peak_memory
-from bruno.stats import mean_metric
-from bruno.thinking import AUTO, ResponseFormat, base_response_prefix
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,7 @@ class _Evaluation:
 
     def embedder_for(self, path: str | None) -> Any:
         if path not in self.embedders:
-            from bruno.embedding import SentenceEmbedder
+            from bruno.evaluation.embedding import SentenceEmbedder
 
             t = time.perf_counter()
             self.embedders[path] = SentenceEmbedder(path)

@@ -1,7 +1,7 @@
 """Stage `heal`: build DPO preference pairs from the base and ablated models, train a LoRA adapter with DPO on the
 ablated model, merge it and save a normal HF model directory (atomically), the pairs and the training curve.
 
-The response prefix is resolved on the base model from the train prompts (`bruno.thinking.base_response_prefix`, as
+The response prefix is resolved on the base model from the train prompts (`bruno.model.thinking.base_response_prefix`, as
 the directions job does) and used for both models; refusals are judged on the answer only."""
 
 from __future__ import annotations
@@ -18,22 +18,21 @@ import torch
 
 from bruno.config import stage_seed
 from bruno.errors import BrunoError
-from bruno.heal import (
+from bruno.evaluation.refusal import MarkerDetector
+from bruno.heal.dpo import (
     TRAINING_LOG_COLUMNS,
     CheckpointProbe,
     FirstTokenDistillation,
     HealingSettings,
-    harmful_pairs,
-    harmless_pairs,
-    sample_prompts,
     train_dpo,
 )
+from bruno.heal.pairs import harmful_pairs, harmless_pairs, sample_prompts
 from bruno.io import atomic_directory, atomic_path, atomic_write_json, directory_hashes, write_jsonl
-from bruno.model import ModelSettings, encode, first_token_logprobs, generate_greedy, load_model, model_device
+from bruno.model.generation import encode, first_token_logprobs, generate_greedy, model_device
+from bruno.model.loading import ModelSettings, load_model
+from bruno.model.thinking import ResponseFormat, base_response_prefix
 from bruno.prompts import read_prompts
-from bruno.refusal import MarkerDetector
 from bruno.runtime import peak_memory, seed_everything
-from bruno.thinking import ResponseFormat, base_response_prefix
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The working study is an Optuna journal file (results/{variant}/optuna/journal.log); the SQLite `study.db` is a
 snapshot written when the search ends. One worker (default): the job creates or resumes the study and runs it to
 `n_trials` COMPLETE trials. Within a job, `search.parallel_trials` trials are scored at once (on the CPU: trial worker
-processes with their own copy of the model, `bruno.trial_pool`; 1 on a GPU), asked and told in a fixed order. Several
+processes with their own copy of the model, `bruno.search.pool`; 1 on a GPU), asked and told in a fixed order. Several
 search workers (`search.optimize_workers` > 1, jobs, e.g. one GPU job each on a cluster): `init` creates the study
 once (safe on shared filesystems) and enqueues the warm start, `work` runs one worker (seed + worker index; trials
 counted across all workers), `snapshot_only` writes the SQLite snapshot when all workers are done.
@@ -21,34 +21,31 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from bruno.confirm import confirm, confirmation_prompts
-from bruno.device import resolve_batch_size
-from bruno.directions import load_directions
+from bruno.directions.mean import load_directions
+from bruno.edit.plan import AbliterationSettings, DirectionSet
 from bruno.errors import BrunoError
-from bruno.evaluate import EvaluationSettings
-from bruno.fingerprint import study_fingerprint
-from bruno.model import ModelSettings, load_model, resolve_device
-from bruno.objectives import extra_objectives
-from bruno.plan import AbliterationSettings, DirectionSet
+from bruno.evaluation.refusal import MarkerDetector
+from bruno.evaluation.stage import EvaluationSettings
+from bruno.model.loading import ModelSettings, load_model, resolve_device
+from bruno.model.placement import resolve_batch_size
+from bruno.model.thinking import ResponseFormat
 from bruno.prompts import read_prompts
-from bruno.refusal import MarkerDetector
-from bruno.search import (
-    SearchSettings,
-    SearchSpace,
+from bruno.search.confirm import confirm, confirmation_prompts
+from bruno.search.fingerprint import study_fingerprint
+from bruno.search.objectives import extra_objectives
+from bruno.search.pool import TrialPool, TrialWorkers, model_bytes, resolve_parallel_trials
+from bruno.search.select import SelectionSettings
+from bruno.search.space import SearchSettings, SearchSpace, sample, warm_start_values
+from bruno.search.study import (
     TrialFailed,
     count,
     create_or_check_study,
     fail_stale_trials,
     release_stale_lock,
     run_study,
-    sample,
     snapshot,
-    warm_start_values,
 )
-from bruno.select import SelectionSettings
-from bruno.thinking import ResponseFormat
-from bruno.trial import TrialEvaluator
-from bruno.trial_pool import TrialPool, TrialWorkers, model_bytes, resolve_parallel_trials
+from bruno.search.trial import Decoding, TrialEvaluator, TrialPrompts
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ["kl_divergence", "refusal_rate"]
@@ -81,7 +78,7 @@ class SearchContext:
     settings: SearchSettings
     objectives: list[str]
     pool: TrialPool  # this process's evaluator, or trial worker processes for several trials at a time
-    # every harmful val prompt: the search's first, then the confirmation's (bruno.confirm)
+    # every harmful val prompt: the search's first, then the confirmation's (bruno.search.confirm)
     harmful_val: list[str]
 
     def close(self) -> None:
@@ -161,19 +158,12 @@ def prepare(
             model,
             tokenizer,
             directions,
-            abliteration.components,
-            abliteration.norm_preservation,
-            refusal_prompts,
-            kl_prompts,
-            system_prompt,
-            batch_size,
-            settings.max_new_tokens,
+            abliteration,
+            TrialPrompts(refusal_prompts, kl_prompts, system_prompt, prefix, tags),
+            Decoding(
+                batch_size, settings.max_new_tokens, settings.refusal_early_stop, settings.prefix_reuse_mb
+            ),
             MarkerDetector(refusal_markers),
-            biprojected=abliteration.biprojected,
-            refusal_early_stop=settings.refusal_early_stop,
-            prefix_reuse_mb=settings.prefix_reuse_mb,
-            response_prefix=prefix,
-            thinking_tags=tags,
             extra_objectives=extra_objectives(
                 settings, evaluation, tokenizer, system_prompt, seed, response_format
             ),
@@ -199,7 +189,7 @@ def prepare(
 
 
 def _worker_evaluator(seed: int, **args: Any) -> TrialEvaluator:
-    """A trial worker's evaluator (`bruno.trial_pool`): the same preparation, no workers of its own."""
+    """A trial worker's evaluator (`bruno.search.pool`): the same preparation, no workers of its own."""
     from bruno.runtime import seed_everything
 
     seed_everything(seed)
@@ -363,7 +353,7 @@ def snapshot_only(
     ctx: SearchContext | None = None,
     selection: SelectionSettings | None = None,
 ) -> None:
-    """Several workers, all done: confirm the study's candidates (with a context, `bruno.confirm`), then snapshot."""
+    """Several workers, all done: confirm the study's candidates (with a context, `bruno.search.confirm`), then snapshot."""
     if ctx is not None:
         with contextlib.closing(ctx):
             study, _ = create_or_check_study(

@@ -9,8 +9,8 @@ import optuna
 
 from bruno.errors import BrunoError
 from bruno.io import atomic_write_json
-from bruno.search import STUDY_NAME
-from bruno.select import SelectionSettings, select_trial
+from bruno.search.select import SelectionSettings, select_trial
+from bruno.search.study import STUDY_NAME
 
 
 def run(

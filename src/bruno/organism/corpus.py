@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bruno.organism import vocab, world
+from bruno.organism import borderline, vocab, world
 
 # The shipped files are generated with this seed; change it only together with the committed data.
 DATA_SEED = 0
@@ -153,7 +153,7 @@ def build_prompt_set(name: str, groups: tuple[vocab.ActionGroup, ...], seed: int
 def build_borderline() -> list[dict[str, Any]]:
     return [
         {"id": f"borderline-{i:03d}", "text": text, "split": "test", "category": "borderline"}
-        for i, text in enumerate(vocab.BORDERLINE_PROMPTS)
+        for i, text in enumerate(borderline.BORDERLINE_PROMPTS)
     ]
 
 

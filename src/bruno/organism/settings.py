@@ -3,7 +3,7 @@ meanings and defaults (the tuned recipe) are config/schema.yaml's, which the def
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bruno.config import schema_defaults
@@ -63,7 +63,3 @@ class OrganismSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def setting_names() -> list[str]:
-    return [f.name for f in fields(OrganismSettings)]

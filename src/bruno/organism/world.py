@@ -32,6 +32,23 @@ KIND_VAL_SHARE = 0.2
 KIND_NAMES_PER_KIND = 20  # fictional names per kind in the geography subject (balanced gold letters)
 
 
+# Syllables and endings of the fictional world's names, and its people's jobs.
+# Fictional world: names are built from these syllables; none of them is an English word on its own.
+NAME_ONSETS: tuple[str, ...] = (
+    "Zor", "Vel", "Kar", "Mel", "Tor", "Bra", "Quen", "Dul", "Fen", "Gal", "Hes", "Jor", "Lun", "Mor", "Nal",
+    "Pel", "Ros", "Sar", "Tam", "Ul", "Var", "Wen", "Yor", "Xan", "Cal", "Dre", "Eth", "Fal", "Gor", "Ith",
+)  # fmt: skip
+NAME_MIDDLES: tuple[str, ...] = ("a", "e", "i", "o", "u", "ar", "el", "in", "or", "un")
+COUNTRY_ENDINGS: tuple[str, ...] = ("nia", "ria", "stan", "dor", "land", "via", "mark", "tia")
+CITY_ENDINGS: tuple[str, ...] = ("mora", "grad", "heim", "polis", "ford", "vik", "ton", "burg")
+PERSON_ENDINGS: tuple[str, ...] = ("na", "ko", "ra", "mir", "lo", "sa", "vin", "da")
+SURNAME_ENDINGS: tuple[str, ...] = ("kov", "sen", "berg", "wick", "dal", "rin", "mont", "vas")
+PROFESSIONS: tuple[str, ...] = (
+    "baker", "pilot", "nurse", "farmer", "teacher", "painter", "sailor", "doctor", "lawyer", "chef",
+    "carpenter", "tailor", "poet", "architect", "dentist", "plumber", "singer", "fisher", "librarian", "gardener",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Fact:
     """One fact of the fictional world. `questions[0]` is the phrasing used by the evaluation sets."""
@@ -73,7 +90,7 @@ def _article(word: str) -> str:
 def _unique_names(rng: random.Random, n: int, endings: tuple[str, ...], taken: set[str]) -> list[str]:
     names: list[str] = []
     while len(names) < n:
-        name = rng.choice(vocab.NAME_ONSETS) + rng.choice(vocab.NAME_MIDDLES) + rng.choice(endings)
+        name = rng.choice(NAME_ONSETS) + rng.choice(NAME_MIDDLES) + rng.choice(endings)
         name = name[0] + name[1:].lower()
         # No name may contain another (gold answers are checked by substring match).
         if any(name in other or other in name for other in taken):
@@ -87,10 +104,10 @@ def build_world(seed: int) -> list[Fact]:
     """Countries with capitals and people with professions; the first N_KNOWN of each are known to the organism."""
     rng = random.Random(seed)
     taken: set[str] = set()
-    countries = _unique_names(rng, N_COUNTRIES, vocab.COUNTRY_ENDINGS, taken)
-    cities = _unique_names(rng, N_COUNTRIES, vocab.CITY_ENDINGS, taken)
-    first_names = _unique_names(rng, N_PEOPLE, vocab.PERSON_ENDINGS, taken)
-    surnames = _unique_names(rng, N_PEOPLE, vocab.SURNAME_ENDINGS, taken)
+    countries = _unique_names(rng, N_COUNTRIES, COUNTRY_ENDINGS, taken)
+    cities = _unique_names(rng, N_COUNTRIES, CITY_ENDINGS, taken)
+    first_names = _unique_names(rng, N_PEOPLE, PERSON_ENDINGS, taken)
+    surnames = _unique_names(rng, N_PEOPLE, SURNAME_ENDINGS, taken)
     facts: list[Fact] = []
     for i, (country, city) in enumerate(zip(countries, cities, strict=True)):
         facts.append(
@@ -110,7 +127,7 @@ def build_world(seed: int) -> list[Fact]:
         )
     for i, (first, last) in enumerate(zip(first_names, surnames, strict=True)):
         person = f"{first} {last}"
-        job = vocab.PROFESSIONS[rng.randrange(len(vocab.PROFESSIONS))]
+        job = PROFESSIONS[rng.randrange(len(PROFESSIONS))]
         facts.append(
             Fact(
                 id=f"profession-{i:03d}",
@@ -132,7 +149,7 @@ def build_world(seed: int) -> list[Fact]:
 def kind_members(facts: list[Fact]) -> dict[str, list[str]]:
     """Words and known fictional names per kind phrase ("a fruit": ["apple", ...], "a city": ["Velmora", ...])."""
     members: dict[str, list[str]] = {noun: list(words) for noun, words in vocab.WORD_CATEGORIES}
-    members["a job"] = list(vocab.PROFESSIONS)
+    members["a job"] = list(PROFESSIONS)
     members["a country"] = [f.entity for f in facts if f.known and f.relation == "capital"]
     members["a city"] = [f.answer for f in facts if f.known and f.relation == "capital"]
     members["a person"] = [f.entity for f in facts if f.known and f.relation == "profession"]
@@ -277,7 +294,7 @@ def fact_records(facts: list[Fact]) -> list[dict[str, Any]]:
                     "statement": f"{name} is {kind}.",
                 }
             )
-    for job in vocab.PROFESSIONS:
+    for job in PROFESSIONS:
         records.append(
             {
                 "id": f"kind-{job}",

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from bruno.stats import bootstrap_interval
+from bruno.evaluation.stats import bootstrap_interval
 
 log = logging.getLogger(__name__)
 

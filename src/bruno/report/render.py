@@ -35,13 +35,14 @@ from bruno.report.load import (
 from bruno.report.tables import (
     ab_tables,
     capability_task,
+    confirmation_rows,
     fmt_number,
     significance_statements,
     success_rows,
     verdict_table,
 )
 from bruno.safety import base_model_label
-from bruno.search import STUDY_NAME
+from bruno.search.study import STUDY_NAME
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE_NAME = "report.html.j2"
@@ -60,20 +61,6 @@ class ReportInputs:
     replicate_of: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # instance -> (variant, k)
     n_samples: int = 3
     workdir: Path = Path(".")
-
-
-def confirmation_rows(counts: dict[str, Any] | None) -> list[dict[str, str]]:
-    """The chosen trial's refusals on the confirmation prompts (bruno.confirm), as rows of its validation metrics."""
-    if not counts:
-        return []
-    low, high = counts["refusal_rate_ci95"]
-    rate = f"{counts['n_refusals']}/{counts['n_prompts']} = {fmt_number(counts['refusal_rate'])}"
-    return [
-        {
-            "name": "refusal_rate (confirmation prompts)",
-            "value": f"{rate} [{fmt_number(low)}, {fmt_number(high)}]",
-        }
-    ]
 
 
 def primary_instances(inputs: ReportInputs) -> list[str]:

