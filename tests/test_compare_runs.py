@@ -16,9 +16,17 @@ spec.loader.exec_module(compare_runs)
 def tree(root, kl, seconds, weights, extra=None):
     (root / "eval" / "base").mkdir(parents=True)
     (root / "eval" / "base" / "metrics.json").write_text(
-        json.dumps({"kl": kl, "seconds": seconds, "seconds_by_part": {"kl": seconds}, "model": str(root)})
+        json.dumps(
+            {
+                "kl": kl,
+                "seconds": seconds,
+                "train_seconds": seconds,
+                "peak_rss_mb": seconds,
+                "model": str(root),
+            }
+        )
     )
-    (root / "eval" / "base" / "refusals.csv").write_text("id,refused\n1,0\n")
+    (root / "eval" / "base" / "refusals.csv").write_text(f"id,refused,seconds\n1,0,{seconds}\n")
     torch.save({"directions": weights, "metadata": {"seconds": seconds}}, root / "directions.pt")
     (root / "logs").mkdir()
     (root / "logs" / "x.log").write_text(str(seconds))

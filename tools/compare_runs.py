@@ -3,7 +3,8 @@
     python tools/compare_runs.py RUN_A/results RUN_B/results
 
 Compares every file the two trees share, by what it holds rather than by bytes where a file carries times:
-- CSV files, safetensors weights and other files: byte for byte;
+- CSV files: every column but those that hold times or memory (`volatile`: a name with `seconds` or `rss`);
+- safetensors weights and other files: byte for byte;
 - JSON files: equal after dropping keys that hold times, memory, dates, absolute paths or versions
   (`VOLATILE_KEYS`; e.g. `seconds`, `peak_rss_mb`);
 - `.pt` files (directions): the same keys and equal tensors (`torch.load(weights_only=True)`);
@@ -15,6 +16,7 @@ Prints each difference and a summary; exits 1 if any figure differs or a file is
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -29,11 +31,13 @@ SKIPPED_SUFFIXES = {".log", ".db", ".html", ".tsv", ".png", ".lock"}
 SKIPPED_PARTS = {"optuna", "logs", "benchmarks"}
 
 
+def volatile(key: str) -> bool:
+    return key in VOLATILE_KEYS or "seconds" in key or "rss" in key
+
+
 def strip(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: strip(v) for k, v in value.items() if k not in VOLATILE_KEYS and not k.startswith("seconds")
-        }
+        return {k: strip(v) for k, v in value.items() if not volatile(k)}
     if isinstance(value, list):
         return [strip(v) for v in value]
     return value
@@ -48,12 +52,18 @@ def same_pt(a: Path, b: Path) -> bool:
         if isinstance(u, torch.Tensor) or isinstance(v, torch.Tensor):
             return isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and torch.equal(u, v)
         if isinstance(u, dict) and isinstance(v, dict):
-            return u.keys() == v.keys() and all(equal(u[k], v[k]) for k in u)
+            keys = {k for k in u if not volatile(k)}
+            return keys == {k for k in v if not volatile(k)} and all(equal(u[k], v[k]) for k in keys)
         if isinstance(u, (list, tuple)) and isinstance(v, (list, tuple)):
             return len(u) == len(v) and all(equal(p, q) for p, q in zip(u, v, strict=True))
         return strip(u) == strip(v)
 
     return equal(x, y)
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return [{k: v for k, v in row.items() if not volatile(k)} for row in csv.DictReader(f)]
 
 
 def files(root: Path) -> set[str]:
@@ -75,6 +85,8 @@ def compare(a: Path, b: Path) -> list[str]:
         pa, pb = a / name, b / name
         if pa.suffix == ".json":
             same = strip(json.loads(pa.read_text())) == strip(json.loads(pb.read_text()))
+        elif pa.suffix == ".csv":
+            same = csv_rows(pa) == csv_rows(pb)
         elif pa.suffix == ".pt":
             same = same_pt(pa, pb)
         else:
