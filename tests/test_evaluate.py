@@ -302,7 +302,7 @@ def test_evaluation_replies_are_the_trials_greedy_decoding_token_for_token(monke
         decoded.extend(tokens.cpu())
         return tokens
 
-    monkeypatch.setattr(bruno.model.loading, "decode_tokens", recording)
+    monkeypatch.setattr(bruno.model.generation, "decode_tokens", recording)
     max_new = 12
     replies = generate_responses(
         model, tok, prompts, None, EvaluationSettings(max_new_tokens=max_new, batch_size=3)
