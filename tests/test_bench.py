@@ -134,6 +134,13 @@ def test_gpu_bench_script_runs_a_short_cpu_version(tiny_model_dir, tmp_path):
     assert len(re.findall(bounds + rf"{number}x the roofline bound", out)) == 2
     assert re.search(r"cpu \(float32\): measured [\d.]+ GB/s copy bandwidth", out)
     assert re.search(rf"  trial 1: KL pass {number} s, generation {number} s, total {number} s", out)
+    # on the CPU, the workers that search.parallel_trials: 0 picks against one evaluator, at the search's sizes
+    assert re.search(
+        rf"2 evaluators x 1 thread\(s\) against one with 2 at the search settings \(median of 3 alternating rounds "
+        rf"of 8 trials\): {number} vs {number} trials/s",
+        out,
+    )
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert report["search_settings"]["n_refusal_prompts"] == 3 and report["main"]["max_new_tokens"] == 2
+    assert len(report["search_settings_parallel"]["rounds_parallel"]) == 3
     assert "one evaluator: 4 refusal" in (tmp_path / "out" / "gpu_bench.log").read_text()

@@ -40,6 +40,7 @@ from bruno_tools.bench_sizes import bench_model, large_model, search_sizes
 from bruno_tools.bench_table import print_report
 from bruno_tools.bench_trials import (
     bench_directions,
+    bench_evaluator,
     bench_space,
     peak_rss_mb,
     random_values,
@@ -62,13 +63,11 @@ def compare_parallel(
     (`bruno.search.pool`) with threads / n_parallel each, handed trials in order as the search does: in alternating
     rounds of the same `n_trials` parameter sets, since this machine's speed drifts between minutes."""
     from bruno.search.pool import TrialPool, TrialWorkers
-    from bruno_tools import (
-        bench as bench,  # by its module name: `python -m bruno_tools.bench` runs this file as __main__
-    )
 
     each = max(1, threads // n_parallel)
+    # bench_evaluator by its module's name (bruno_tools.bench_trials), so that the workers can unpickle it
     factory = functools.partial(
-        bench.bench_evaluator, model_path, directions, harmful, harmless, max_new_tokens, batch_size
+        bench_evaluator, model_path, directions, harmful, harmless, max_new_tokens, batch_size
     )
     workers = TrialWorkers(factory, n_parallel, each)
     try:
@@ -254,6 +253,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--search-trials", type=int, default=60)
     parser.add_argument("--search-rounds", type=int, default=3, help="alternating rounds of each search mode")
+    parser.add_argument(
+        "--parallel-trials",
+        type=int,
+        default=8,
+        help="with --search-settings on the CPU: trials per round of one evaluator against the workers that "
+        "search.parallel_trials: 0 picks, at the search's sizes (0: skip)",
+    )
+    parser.add_argument(
+        "--parallel-rounds", type=int, default=3, help="alternating rounds of that comparison"
+    )
     parser.add_argument("--out", default="results/bench/bench.json")
     parser.add_argument(
         "--workdir", help="where dequantised and random-weight models are kept (default: the folder of --out)"
@@ -295,10 +304,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            peaks=peaks, work_trials=work_trials)  # fmt: skip
     report["main"] = main_run
     report["trials_per_second_one_process"] = report["trials_per_second"] = main_run["trials_per_second"]
+    n_parallel = resolve_parallel_trials(0, model_device(model), args.threads, model_bytes(str(model_path)))
     if args.search_settings:
         report["search_settings"] = time_at_search_settings(args.search_settings, model, tokenizer, directions,
                                                             harmful, harmless, n_trials, peaks, work_trials)  # fmt: skip
-    n_parallel = resolve_parallel_trials(0, model_device(model), args.threads, model_bytes(str(model_path)))
+        if args.parallel_trials > 0 and n_parallel > 1:
+            report["search_settings_parallel"] = parallel_at_search_settings(
+                report["search_settings"], str(model_path), directions, harmful, harmless, args, n_parallel
+            )
     if small if args.sweeps is None else args.sweeps:
         sweeps(report, model, tokenizer, directions, refusal, kl, n_trials, args, str(model_path), n_parallel)
     # The search loop reads results/{variant}/directions.pt, which `make bench` computes for the organism only.
@@ -334,6 +347,21 @@ def time_at_search_settings(
     run = time_trials(model, tokenizer, directions, refusal, kl, n_trials, tokens, batch, peaks=peaks,
                       work_trials=work_trials)  # fmt: skip
     return {"config": config_path, **run}
+
+
+def parallel_at_search_settings(
+    run: dict[str, Any], model_path: str, directions: torch.Tensor, harmful: list[str], harmless: list[str],
+    args: argparse.Namespace, n_parallel: int,
+) -> dict[str, Any]:  # fmt: skip
+    """`compare_parallel` at the trial sizes of a `time_at_search_settings` run: what `search.parallel_trials: 0`
+    (auto) picks against one evaluator with every thread, for this model."""
+    refusal, kl = harmful[: run["n_refusal_prompts"]], harmless[: run["n_kl_prompts"]]
+    result = compare_parallel(model_path, directions, refusal, kl, run["max_new_tokens"], run["batch_size"],
+                              args.threads, n_parallel, n_trials=args.parallel_trials, rounds=args.parallel_rounds)  # fmt: skip
+    result["ratio_to_roofline_bound"] = 1 / (
+        result["trials_per_second_parallel"] * run["roofline_bound_seconds"]
+    )
+    return result
 
 
 def sweeps(

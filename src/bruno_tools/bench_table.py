@@ -34,6 +34,10 @@ def _run_lines(name: str, r: dict[str, Any], print_trials: bool) -> list[str]:
     return lines
 
 
+def _rates(values: list[float]) -> str:
+    return "/".join(f"{v:.3f}" for v in values)
+
+
 def print_report(report: dict[str, Any], print_trials: bool = False) -> None:
     o = report["main"]
     print(f"model {report['model']} ({report['parameters']:,} parameters, weights: {report['weights']}) on "
@@ -55,11 +59,14 @@ def print_report(report: dict[str, Any], print_trials: bool = False) -> None:
         e = report["early_stop"]
         print(f"refusal early stop: {e['trials_per_second']:.2f} trials/s (refusal rate {e['mean_refusal_rate']:.3f} "
               f"vs {o['mean_refusal_rate']:.3f} without)")  # fmt: skip
-    if "parallel" in report:
-        q = report["parallel"]
+    for key, where in (("parallel", ""), ("search_settings_parallel", " at the search settings")):
+        if key not in report:
+            continue
+        q = report[key]
         print(f"{q['n_parallel']} evaluators x {q['threads_each']} thread(s) against one with "
-              f"{report['machine']['threads']} (median of {q['rounds']} alternating rounds of {q['n_trials']} trials): "
-              f"{q['trials_per_second_parallel']:.2f} vs {q['trials_per_second_one_process']:.2f} trials/s; "
+              f"{report['machine']['threads']}{where} (median of {q['rounds']} alternating rounds of {q['n_trials']} "
+              f"trials): {q['trials_per_second_parallel']:.3f} vs {q['trials_per_second_one_process']:.3f} trials/s "
+              f"(rounds: {_rates(q['rounds_parallel'])} vs {_rates(q['rounds_one_process'])}); "
               f"{q['ratio_to_roofline_bound']:.1f}x the roofline bound")  # fmt: skip
     for key in ("search", "search_parallel"):
         if key not in report:
