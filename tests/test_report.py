@@ -114,6 +114,47 @@ def test_healing_section_compares_ablated_and_healed_per_prompt(html):
     assert "kl-change" not in section(html, "variant-cones")  # healing off there
 
 
+def test_healing_section_shows_the_checkpoint_guard(html):
+    text = re.sub(r"\s+", " ", section(html, "variant-baseline"))
+    assert "Checkpoint selection kept step 10 of 20." in text
+    rows = re.findall(
+        r"<tr( class=\"selected\")?><td class=\"num\">([^<]+)</td>.*?<td>(yes|no)</td></tr>", text
+    )
+    assert rows == [("", "0", "yes"), (' class="selected"', "10 (kept)", "yes"), ("", "20", "no")]
+
+
+def test_healing_that_kept_step_0_says_why():
+    from bruno.report.tables import healing_checkpoints
+
+    record = {
+        "settings": {"checkpoint_max_refusal_increase": 0.02},
+        "training": {"selected_step": 0, "checkpoints": [
+            {"step": 0, "val_kl_divergence": 0.69, "val_refusal_rate": 0.0},
+            {"step": 4, "val_kl_divergence": 0.466, "val_refusal_rate": 0.03125},
+            {"step": 8, "val_kl_divergence": 0.413, "val_refusal_rate": 0.03125},
+        ]},
+    }  # fmt: skip
+    summary = healing_checkpoints(record)
+    assert summary["outcome"] == (
+        "Healing left the ablated model unchanged: every later checkpoint raised the val refusal rate above the "
+        "guard's 2.0 % (step 0's 0.0 % + healing.checkpoint_max_refusal_increase 0.02), although its val KL was "
+        "lower, down to 0.413."
+    )
+    assert [r["allowed"] for r in summary["rows"]] == ["yes", "no", "no"]
+    assert [r["selected"] for r in summary["rows"]] == [True, False, False]
+    # a later step within the guard but with a higher KL: kept step 0 for the KL, not the guard
+    record["training"]["checkpoints"][1].update(val_kl_divergence=0.9, val_refusal_rate=0.0)
+    assert healing_checkpoints(record)["outcome"] == (
+        "Healing left the ablated model unchanged: no later checkpoint within the guard had a lower val KL (the "
+        "ones beyond it reached 0.413)."
+    )
+    record["training"]["checkpoints"].pop()
+    assert healing_checkpoints(record)["outcome"].endswith(
+        "no later checkpoint within the guard had a lower val KL."
+    )
+    assert healing_checkpoints({"training": {"steps": 3}}) is None
+
+
 def test_verdict_highlights_best_and_labels_organism(html):
     verdict = section(html, "verdict")
     assert "Organism numbers." in html

@@ -37,6 +37,9 @@ from bruno.report.tables import (
     capability_task,
     confirmation_rows,
     fmt_number,
+    healing_checkpoints,
+    healing_summary,
+    kl_change_summary,
     significance_statements,
     success_rows,
     verdict_table,
@@ -217,42 +220,12 @@ def variant_section(inputs: ReportInputs, instance: str, out_dir: Path) -> dict[
         "healing": {
             "enabled": healing_enabled,
             "summary": healing_summary(healing_record),
+            "checkpoints": healing_checkpoints(healing_record),
             "log_rows": 0 if heal_log is None else len(heal_log),
             "kl_change": kl_change_summary(paired_kl_change(results, instance)) if healing_enabled else None,
         },
         "samples": load_samples(results, instance, stages, inputs.n_samples),
         "artifacts": artifacts(results, instance, stages, out_dir),
-    }
-
-
-def healing_summary(record: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    """The scalar figures of healed/healing.json (preference pairs, training summary, time), formatted."""
-    if not record:
-        return []
-    items = [*(record.get("pairs") or {}).items(), *(record.get("training") or {}).items()]
-    items.append(("distill_weight", (record.get("settings") or {}).get("distill_weight", 0.0)))
-    items.append(("seconds", record.get("seconds")))
-    return [
-        (str(k), fmt_number(v) if isinstance(v, float) else str(v))
-        for k, v in items
-        if isinstance(v, (int, float, str))
-    ]
-
-
-def kl_change_summary(change: Mapping[str, Any] | None) -> dict[str, str] | None:
-    """`paired_kl_change` formatted for the healing section."""
-    if not change:
-        return None
-    lo, hi = change["ci95"]
-    return {
-        "n": str(change["n"]),
-        "before": fmt_number(change["before"]),
-        "after": fmt_number(change["after"]),
-        "change": f"{change['change']:+.3g}",
-        "ci95": f"[{lo:+.3g}, {hi:+.3g}]",
-        "lower": str(change["lower"]),
-        "median_before": fmt_number(change["median_before"]),
-        "median_after": fmt_number(change["median_after"]),
     }
 
 

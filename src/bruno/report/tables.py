@@ -317,3 +317,75 @@ def confirmation_rows(counts: dict[str, Any] | None) -> list[dict[str, str]]:
             "value": f"{rate} [{fmt_number(low)}, {fmt_number(high)}]",
         }
     ]
+
+
+def healing_summary(record: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """The scalar figures of healed/healing.json (preference pairs, training summary, time), formatted."""
+    if not record:
+        return []
+    items = [*(record.get("pairs") or {}).items(), *(record.get("training") or {}).items()]
+    items.append(("distill_weight", (record.get("settings") or {}).get("distill_weight", 0.0)))
+    items.append(("seconds", record.get("seconds")))
+    return [
+        (str(k), fmt_number(v) if isinstance(v, float) else str(v))
+        for k, v in items
+        if isinstance(v, (int, float, str))
+    ]
+
+
+def healing_checkpoints(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The healing's checkpoint selection from healed/healing.json: one row per checkpoint (val KL, val refusal rate,
+    whether the guard allowed it, whether it was kept) and a sentence on the outcome; None without checkpoints."""
+    training = (record or {}).get("training") or {}
+    checkpoints = training.get("checkpoints") or []
+    if not checkpoints:
+        return None
+    increase = ((record or {}).get("settings") or {}).get("checkpoint_max_refusal_increase", 0.0)
+    limit = checkpoints[0]["val_refusal_rate"] + increase
+    selected = training.get("selected_step")
+    rows = [
+        {
+            "step": str(c["step"]),
+            "kl": fmt_number(c["val_kl_divergence"]),
+            "refusal": f"{100 * c['val_refusal_rate']:.1f} %",
+            "allowed": "yes" if c["val_refusal_rate"] <= limit + 1e-12 else "no",
+            "selected": c["step"] == selected,
+        }
+        for c in checkpoints
+    ]
+    later = checkpoints[1:]
+    if selected == 0 and later:
+        rejected = [c for c in later if c["val_refusal_rate"] > limit + 1e-12]
+        outcome = (
+            f"Healing left the ablated model unchanged: every later checkpoint raised the val refusal rate above "
+            f"the guard's {100 * limit:.1f} % (step 0's {100 * checkpoints[0]['val_refusal_rate']:.1f} % + "
+            f"healing.checkpoint_max_refusal_increase {increase:g}), although its val KL was lower, down to "
+            f"{fmt_number(min(c['val_kl_divergence'] for c in rejected))}."
+            if len(rejected) == len(later)
+            else "Healing left the ablated model unchanged: no later checkpoint within the guard had a lower val KL"
+            + (
+                f" (the ones beyond it reached {fmt_number(min(c['val_kl_divergence'] for c in rejected))})."
+                if rejected
+                else "."
+            )
+        )
+    else:
+        outcome = f"Checkpoint selection kept step {selected} of {checkpoints[-1]['step']}."
+    return {"rows": rows, "outcome": outcome, "increase": f"{increase:g}"}
+
+
+def kl_change_summary(change: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """`paired_kl_change` formatted for the healing section."""
+    if not change:
+        return None
+    lo, hi = change["ci95"]
+    return {
+        "n": str(change["n"]),
+        "before": fmt_number(change["before"]),
+        "after": fmt_number(change["after"]),
+        "change": f"{change['change']:+.3g}",
+        "ci95": f"[{lo:+.3g}, {hi:+.3g}]",
+        "lower": str(change["lower"]),
+        "median_before": fmt_number(change["median_before"]),
+        "median_after": fmt_number(change["median_after"]),
+    }
