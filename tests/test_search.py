@@ -435,6 +435,24 @@ def test_parallel_trials_setting_resolves_per_device():
     assert resolve_parallel_trials(0, cpu, 4, 2**60) == 1  # no worker copies of a model that does not fit
 
 
+def test_auto_parallel_trials_start_no_more_model_copies_than_half_the_memory_holds(monkeypatch):
+    import types
+
+    import psutil
+
+    from bruno.search.pool import resolve_parallel_trials
+
+    cpu, weights = torch.device("cpu"), 100 * 2**20
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=1000 * 2**20))
+    assert (
+        resolve_parallel_trials(0, cpu, 8, weights) == 4
+    )  # half of 1000 MiB: 5 copies, one of them the job's
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=500 * 2**20))
+    assert (
+        resolve_parallel_trials(0, cpu, 8, weights) == 1
+    )  # 2 copies fit: the job's and one worker's, so none
+
+
 def test_trial_worker_error_reaches_the_job(tmp_path):
     import functools
 
