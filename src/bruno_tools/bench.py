@@ -4,8 +4,9 @@ It times trials of random parameter sets from the search space, split into the K
 overhead; trials per second and per minute; peak RSS (and GPU memory). On any device it measures the memory bandwidth
 and the matrix-product rate and sets each trial's time against the bounds they give (`bruno_tools.roofline`: every weight
 read at full bandwidth, and the per-layer roofline). `--search-settings CONFIG` adds a run at the trial sizes of that
-config's `search:` section. The model is any `model.name` the pipeline takes (a directory, a .gguf file, `pip:DIST`;
-`bruno_tools.bench_sizes`), or its architecture alone with random weights.
+config's `search:` section and, on the CPU, one evaluator against the trial workers that `search.parallel_trials: 0`
+starts, at those sizes (`--parallel-trials`). The model is any `model.name` the pipeline takes (a directory, a
+.gguf file, `pip:DIST`; `bruno_tools.bench_sizes`), or its architecture alone with random weights.
 
 On a small model such as the organism (up to SWEEP_MAX_PARAMETERS) it also sweeps by default: RSS over many trials
 (memory must stay flat); how the cost grows with the number of prompts and response tokens; refusal early stopping on
