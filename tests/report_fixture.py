@@ -186,11 +186,12 @@ def build(root: Path, with_ab: bool = True, replicates: int = 1) -> dict[str, An
             )
     pd.DataFrame([{"step": s, "loss": 0.7 - 0.02 * s, "reward_margin": 0.1 * s, "reward_accuracy": 0.5 + 0.02 * s}
                   for s in range(1, 11)]).to_csv(results / "baseline" / "heal_training_log.csv", index=False)  # fmt: skip
-    checkpoints = [{"step": s, "val_kl_divergence": kl, "val_refusal_rate": r}
+    checkpoints = [{"step": s, "val_kl_divergence": kl, "val_refusal_rate": r, "within_guard": r <= 0.02}
                    for s, kl, r in ((0, 0.2, 0.0), (10, 0.12, 0.0), (20, 0.09, 0.0625))]  # fmt: skip
     write_json(results / "baseline" / "healed" / "healing.json",
                {"pairs": {"harmful_pairs": 64}, "settings": {"checkpoint_max_refusal_increase": 0.02},
-                "training": {"steps": 20, "train_loss": 0.41, "selected_step": 10, "checkpoints": checkpoints}})  # fmt: skip
+                "training": {"steps": 20, "train_loss": 0.41, "selected_step": 10, "checkpoint_refusal_limit": 0.02,
+                             "checkpoints": checkpoints}})  # fmt: skip
     if with_ab:
         write_ab(results, list(variants), replicates)
     config = {"seed": 0, "replicates": replicates, "model": {"name": "organism"}, "organism": {"seed": 0},

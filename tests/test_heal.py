@@ -309,6 +309,11 @@ def test_checkpoint_selection_merges_the_checkpoint_it_selected(
     checkpoints = record["training"]["checkpoints"]
     assert [c["step"] for c in checkpoints] == [0, 1, 2, 3]
     limit = checkpoints[0]["val_refusal_rate"]
+    assert record["training"]["checkpoint_refusal_limit"] == limit + settings.checkpoint_max_refusal_increase
+    # the probe records the guard's verdict on each checkpoint (the report shows it)
+    assert [c["within_guard"] for c in checkpoints] == [
+        c["val_refusal_rate"] <= record["training"]["checkpoint_refusal_limit"] for c in checkpoints
+    ]
     eligible = [c for c in checkpoints if c["val_refusal_rate"] <= limit]
     selected = min(eligible, key=lambda c: (c["val_kl_divergence"], c["step"]))
     assert record["training"]["selected_step"] == selected["step"]

@@ -128,22 +128,24 @@ def test_healing_that_kept_step_0_says_why():
 
     record = {
         "settings": {"checkpoint_max_refusal_increase": 0.02},
-        "training": {"selected_step": 0, "checkpoints": [
-            {"step": 0, "val_kl_divergence": 0.69, "val_refusal_rate": 0.0},
-            {"step": 4, "val_kl_divergence": 0.466, "val_refusal_rate": 0.03125},
-            {"step": 8, "val_kl_divergence": 0.413, "val_refusal_rate": 0.03125},
+        "training": {"selected_step": 0, "checkpoint_refusal_limit": 0.02, "checkpoints": [
+            {"step": 0, "val_kl_divergence": 0.69, "val_refusal_rate": 0.0, "within_guard": True},
+            {"step": 4, "val_kl_divergence": 0.466, "val_refusal_rate": 0.03125, "within_guard": False},
+            {"step": 8, "val_kl_divergence": 0.413, "val_refusal_rate": 0.03125, "within_guard": False},
         ]},
     }  # fmt: skip
     summary = healing_checkpoints(record)
     assert summary["outcome"] == (
         "Healing left the ablated model unchanged: every later checkpoint raised the val refusal rate above the "
-        "guard's 2.0 % (step 0's 0.0 % + healing.checkpoint_max_refusal_increase 0.02), although its val KL was "
-        "lower, down to 0.413."
+        "guard's 2.0 % (step 0's 0.0 % + healing.checkpoint_max_refusal_increase 0.02); their val KL reached 0.413, "
+        "step 0's 0.69."
     )
     assert [r["allowed"] for r in summary["rows"]] == ["yes", "no", "no"]
     assert [r["selected"] for r in summary["rows"]] == [True, False, False]
     # a later step within the guard but with a higher KL: kept step 0 for the KL, not the guard
-    record["training"]["checkpoints"][1].update(val_kl_divergence=0.9, val_refusal_rate=0.0)
+    record["training"]["checkpoints"][1].update(
+        val_kl_divergence=0.9, val_refusal_rate=0.0, within_guard=True
+    )
     assert healing_checkpoints(record)["outcome"] == (
         "Healing left the ablated model unchanged: no later checkpoint within the guard had a lower val KL (the "
         "ones beyond it reached 0.413)."
@@ -152,6 +154,13 @@ def test_healing_that_kept_step_0_says_why():
     assert healing_checkpoints(record)["outcome"].endswith(
         "no later checkpoint within the guard had a lower val KL."
     )
+    # a record written before the guard's verdict was stored: the rows, no verdict and no reason made up
+    for c in record["training"]["checkpoints"]:
+        del c["within_guard"]
+    del record["training"]["checkpoint_refusal_limit"]
+    old = healing_checkpoints(record)
+    assert [r["allowed"] for r in old["rows"]] == ["not recorded", "not recorded"]
+    assert old["outcome"] == "Checkpoint selection kept step 0 of 4."
     assert healing_checkpoints({"training": {"steps": 3}}) is None
 
 

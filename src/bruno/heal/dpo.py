@@ -258,12 +258,22 @@ class CheckpointProbe:
         from peft.utils import get_peft_model_state_dict
 
         kl, refusal = self.measure(model)
-        self.history.append({"step": step, "val_kl_divergence": kl, "val_refusal_rate": refusal})
-        limit = self.history[0]["val_refusal_rate"] + self.max_refusal_increase
-        if refusal <= limit + 1e-12 and kl < self.best_kl:
+        within = refusal <= self.refusal_limit(refusal) + 1e-12
+        self.history.append(
+            {"step": step, "val_kl_divergence": kl, "val_refusal_rate": refusal, "within_guard": within}
+        )
+        if within and kl < self.best_kl:
             self.best_step, self.best_kl = step, kl
             self.best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
         log.info("healing checkpoint step %d: val KL %.4f, val refusal rate %.3f", step, kl, refusal)
+
+    def refusal_limit(self, first_rate: float | None = None) -> float:
+        """The highest val refusal rate a checkpoint may have: the untrained adapter's (step 0, or `first_rate` while
+        step 0 is being recorded) plus `max_refusal_increase`."""
+        first = self.history[0]["val_refusal_rate"] if self.history else first_rate
+        if first is None:
+            raise BrunoError("CheckpointProbe: no checkpoint recorded yet.")
+        return first + self.max_refusal_increase
 
     def callback(self) -> Any:
         from transformers import TrainerCallback
@@ -336,5 +346,6 @@ def train_dpo(
     }
     if probe is not None:
         summary["selected_step"] = probe.best_step
+        summary["checkpoint_refusal_limit"] = probe.refusal_limit()
         summary["checkpoints"] = probe.history
     return merged, training_log_rows(trainer.state.log_history), summary

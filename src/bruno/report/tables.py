@@ -334,43 +334,43 @@ def healing_summary(record: Mapping[str, Any] | None) -> list[tuple[str, str]]:
 
 
 def healing_checkpoints(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The healing's checkpoint selection from healed/healing.json: one row per checkpoint (val KL, val refusal rate,
-    whether the guard allowed it, whether it was kept) and a sentence on the outcome; None without checkpoints."""
+    """The healing's checkpoint selection as `CheckpointProbe` recorded it in healed/healing.json: one row per
+    checkpoint (val KL, val refusal rate, whether it was within the refusal guard, whether it was kept) and a sentence
+    on the outcome; None without checkpoints. Records written before the guard's verdict was stored show it as not
+    recorded."""
     training = (record or {}).get("training") or {}
     checkpoints = training.get("checkpoints") or []
     if not checkpoints:
         return None
     increase = ((record or {}).get("settings") or {}).get("checkpoint_max_refusal_increase", 0.0)
-    limit = checkpoints[0]["val_refusal_rate"] + increase
+    limit = training.get("checkpoint_refusal_limit")
     selected = training.get("selected_step")
+    verdict = {True: "yes", False: "no", None: "not recorded"}
     rows = [
         {
             "step": str(c["step"]),
             "kl": fmt_number(c["val_kl_divergence"]),
             "refusal": f"{100 * c['val_refusal_rate']:.1f} %",
-            "allowed": "yes" if c["val_refusal_rate"] <= limit + 1e-12 else "no",
+            "allowed": verdict[c.get("within_guard")],
             "selected": c["step"] == selected,
         }
         for c in checkpoints
     ]
     later = checkpoints[1:]
-    if selected == 0 and later:
-        rejected = [c for c in later if c["val_refusal_rate"] > limit + 1e-12]
+    rejected = [c for c in later if c.get("within_guard") is False]
+    lowest = fmt_number(min((c["val_kl_divergence"] for c in rejected), default=math.nan))
+    if selected != 0 or not later or limit is None:
+        outcome = f"Checkpoint selection kept step {selected} of {checkpoints[-1]['step']}."
+    elif len(rejected) == len(later):
         outcome = (
             f"Healing left the ablated model unchanged: every later checkpoint raised the val refusal rate above "
             f"the guard's {100 * limit:.1f} % (step 0's {100 * checkpoints[0]['val_refusal_rate']:.1f} % + "
-            f"healing.checkpoint_max_refusal_increase {increase:g}), although its val KL was lower, down to "
-            f"{fmt_number(min(c['val_kl_divergence'] for c in rejected))}."
-            if len(rejected) == len(later)
-            else "Healing left the ablated model unchanged: no later checkpoint within the guard had a lower val KL"
-            + (
-                f" (the ones beyond it reached {fmt_number(min(c['val_kl_divergence'] for c in rejected))})."
-                if rejected
-                else "."
-            )
+            f"healing.checkpoint_max_refusal_increase {increase:g}); their val KL reached {lowest}, step 0's "
+            f"{fmt_number(checkpoints[0]['val_kl_divergence'])}."
         )
     else:
-        outcome = f"Checkpoint selection kept step {selected} of {checkpoints[-1]['step']}."
+        outcome = "Healing left the ablated model unchanged: no later checkpoint within the guard had a lower val KL"
+        outcome += f" (the ones beyond it reached {lowest})." if rejected else "."
     return {"rows": rows, "outcome": outcome, "increase": f"{increase:g}"}
 
 
