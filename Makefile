@@ -71,7 +71,8 @@ bench: venv
 # results/bench/real/models), timed at the search settings of BENCH_REAL_CONFIG (read when it runs) and at 100 + 100
 # prompts x 24 tokens, with the bounds, and on the CPU one evaluator against the search's auto trial workers at the
 # search settings; no organism sweeps, no search loop (BENCH_ARGS=--sweeps adds the sweeps).
-# Writes results/bench/real/bench.json. Where a decoding step goes: python -m bruno_tools.step_profile. On a CUDA machine without network: tools/gpu_bench.sh (see its header).
+# Writes results/bench/real/bench.json. Where a decoding step goes: python -m bruno_tools.step_profile.
+# On a CUDA machine without network: tools/gpu_bench.sh (see its header).
 BENCH_REAL_CONFIG ?= config/real.yaml
 .PHONY: bench-real
 bench-real: venv-real

@@ -4,8 +4,8 @@ It runs the pipeline's own decoding (`bruno.model.generation.decode_tokens`, no 
 the first `--prompts` harmful val prompts in one batch, and splits the call into its prefill and its decoding steps
 by timing, in alternating rounds, a call of one token (prefill + argmax) and a call of `--tokens` tokens: a step
 costs the difference over `--tokens - 1`. Each phase is set against its arithmetic bound: the operations of the
-model's linear layers (2 x rows x in x out; the vocabulary projection of one position per prompt in the prefill, as
-the pipeline computes it) at the matrix-product rate measured in this process (`bruno_tools.roofline`).
+model's linear layers in the two calls (2 x rows x in x out, counted by `bruno_tools.roofline.counting`) at the
+matrix-product rate measured in this process.
 
 Then the same two calls run once each under `torch.profiler`, and the self time of every operator is put into a
 bucket (linear layers, the vocabulary projection, attention, KV-cache concatenation, other); a decoding step's share
@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 from bruno.io import atomic_write_json
-from bruno.model.generation import Batch, decode_tokens, encode, prefill_groups
+from bruno.model.generation import decode_tokens, encode
 from bruno.model.loading import ModelSettings, load_model
 from bruno.prompts import read_prompts
 from bruno_tools.bench_sizes import bench_model
-from bruno_tools.roofline import measure_peaks
+from bruno_tools.roofline import counting, measure_peaks
 
 # the products themselves; aten::linear and aten::matmul around them are dispatch ("other operators")
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
@@ -65,17 +65,6 @@ def profiled(call: Any, vocab: int) -> tuple[dict[str, float], dict[str, int]]:
         seconds[name] += event.self_cpu_time_total / 1e6
         calls[name] += event.count
     return dict(seconds), dict(calls)
-
-
-def linear_work(model: nn.Module, batch: Batch, vocab: int) -> tuple[float, float]:
-    """Operations of the linear layers in the prefill (every prompt position; the vocabulary projection of the last
-    position only) and in one decoding step of the whole batch."""
-    linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    head = model.get_output_embeddings()
-    head_size = head.in_features * head.out_features if isinstance(head, nn.Linear) else 0
-    positions = sum(len(sub) * sub.input_ids.shape[1] for _, sub in prefill_groups(model, batch))
-    rows = len(batch)
-    return 2.0 * ((linear - head_size) * positions + head_size * rows), 2.0 * linear * rows
 
 
 def linear_rates(model: nn.Module, rows: int, repeats: int = 20) -> list[dict[str, Any]]:
@@ -148,7 +137,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     one, full = statistics.median(times["one"]), statistics.median(times["full"])
     step = (full - one) / (args.tokens - 1)
     peaks = measure_peaks(torch.device("cpu"), next(model.parameters()).dtype, repeats=args.peak_repeats)
-    prefill_flops, step_flops = linear_work(model, batch, vocab)
+    # the linear layers' work of each call, counted as `make bench` counts it (bruno_tools.roofline)
+    with counting(model) as work_one:
+        calls["one"]()
+    with counting(model) as work_full:
+        calls["full"]()
+    prefill_flops, step_flops = work_one.flops, (work_full.flops - work_one.flops) / (args.tokens - 1)
     (seconds_one, calls_one), (seconds_full, calls_full) = (
         profiled(calls["one"], vocab),
         profiled(calls["full"], vocab),
